@@ -1,0 +1,1 @@
+"""sbi_kit: sampling and simulation-based inference in JAX."""
