@@ -1,1 +1,31 @@
-"""sbi_kit: sampling and simulation-based inference in JAX."""
+"""sbi_kit: sampling and simulation-based inference in JAX.
+
+The public API lives here; everything else is private by convention.
+"""
+
+from sbi_kit.diagnostics import Trace, energy_distance, ess_per_grad, ess_per_second, is_ess, ksd, mmd
+from sbi_kit.run import RunResult, run_chains
+from sbi_kit.samplers import (
+    SamplerSpec,
+    TunedState,
+    build_hmc,
+    build_mala,
+    build_nuts,
+    hmc,
+    mala,
+    nuts,
+    sample,
+    uniform_initial_positions,
+)
+from sbi_kit.targets import Target, from_energy, from_logdensity, from_numpyro
+from sbi_kit.thinning import thin
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RunResult", "SamplerSpec", "Target", "Trace", "TunedState", "energy_distance",
+    "ess_per_grad", "ess_per_second", "is_ess", "ksd", "mmd",
+    "build_hmc", "build_mala", "build_nuts", "from_energy", "from_logdensity",
+    "from_numpyro", "hmc", "mala", "nuts", "run_chains", "sample",
+    "thin", "uniform_initial_positions",
+]

@@ -1,0 +1,315 @@
+"""The one loop driver every sampler uses.
+
+`run_chains` advances a batch of independent chains (or particles) with a
+single-chain ``step(key, state) -> (state, info)``:
+
+* chains are the leading axis of every state leaf; the step is vmapped over it
+  and, with more than one local device, the chain axis is sharded over the
+  devices with `jax.sharding` (XLA partitions the vmapped step, no
+  communication is needed because chains are independent);
+* the steps run inside `lax.scan` in fixed-size chunks, one compiled function
+  reused for every chunk, with a tqdm progress bar updated between chunks;
+* the random key of chain ``c`` at step ``t`` is
+  ``fold_in(split(key, chains)[c], t)``, so draws do not depend on the chunk
+  size, on the number of devices, or on whether the run was resumed;
+* optionally a checkpoint is written every K chunks, and a run resumes from it;
+* Ctrl-C (KeyboardInterrupt) stops after the last completed chunk and returns
+  everything drawn so far, flagged ``interrupted=True``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+PyTree = Any
+
+
+class RunResult(NamedTuple):
+    """What `run_chains` returns.
+
+    Attributes:
+      state: final state, every leaf with a leading chain axis.
+      collected: the pytree returned by ``collect`` for every step, each leaf
+        a numpy array of shape ``(chains, steps_done, ...)``.
+      steps_done: number of steps completed (== ``num_steps`` unless interrupted).
+      interrupted: True if the run stopped early on KeyboardInterrupt.
+      wall_time: seconds spent in this call's loop (compilation included).
+    """
+
+    state: PyTree
+    collected: PyTree
+    steps_done: int
+    interrupted: bool
+    wall_time: float
+
+
+def num_chains_of(state: PyTree) -> int:
+    """The size of the leading (chain) axis shared by all leaves of ``state``."""
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(state)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            "every leaf of the initial state needs the same leading chain axis; "
+            f"got leading sizes {sorted(str(s) for s in sizes)}"
+        )
+    return sizes.pop()
+
+
+def chain_mesh(num_chains: int, devices=None) -> Mesh | None:
+    """A 1-d device mesh over which ``num_chains`` chains can be split evenly.
+
+    Uses the largest number of the given (default: all local) devices that
+    divides ``num_chains``; returns None when that number is 1 (plain vmap).
+    """
+    devices = list(jax.local_devices() if devices is None else devices)
+    n = max(k for k in range(1, len(devices) + 1) if num_chains % k == 0)
+    if n < len(devices):
+        warnings.warn(
+            f"{num_chains} chains do not split evenly over {len(devices)} devices; "
+            f"using {n} device(s). Choose a multiple of {len(devices)} chains to use all.",
+            stacklevel=3,
+        )
+    if n == 1:
+        return None
+    return Mesh(np.array(devices[:n]), ("chains",))
+
+
+def shard_chains(tree: PyTree, mesh: Mesh | None) -> PyTree:
+    """Place every leaf of ``tree`` with its leading axis split over ``mesh``."""
+    if mesh is None:
+        return tree
+    sharding = NamedSharding(mesh, PartitionSpec("chains"))
+    return jax.device_put(tree, sharding)
+
+
+def _default_chunk_size(num_steps: int) -> int:
+    # About 20 progress updates; never so small that dispatch dominates.
+    return max(1, min(num_steps, max(10, math.ceil(num_steps / 20))))
+
+
+def _build_chunk_fn(step, collect, chunk_size: int):
+    """A jitted function advancing all chains by ``chunk_size`` steps.
+
+    Steps with index >= ``stop`` are computed but discarded (state kept), so a
+    final partial chunk reuses the same compiled function.
+    """
+
+    def one_chain_step(key, state, t, stop):
+        new_state, info = step(jax.random.fold_in(key, t), state)
+        valid = t < stop
+        new_state = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new_state, state)
+        return new_state, collect(new_state, info)
+
+    batched_step = jax.vmap(one_chain_step, in_axes=(0, 0, None, None))
+
+    def chunk(chain_keys, state, start, stop):
+        def body(carry, t):
+            carry, out = batched_step(chain_keys, carry, t, stop)
+            return carry, out
+
+        state, outs = jax.lax.scan(body, state, start + jnp.arange(chunk_size))
+        # scan stacks along axis 0 (steps); chains lead everywhere else.
+        outs = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), outs)
+        return state, outs
+
+    return jax.jit(chunk)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _key_bits(keys) -> np.ndarray:
+    """Raw bits of (typed or legacy uint32) PRNG keys, for comparing seeds."""
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        keys = jax.random.key_data(keys)
+    return np.asarray(keys)
+
+
+def _save_checkpoint(path: Path, state, collected_chunks, steps_done, num_steps, chain_keys):
+    """Write state and draws so far atomically; returns the draws as one chunk."""
+    state_leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+    if collected_chunks:
+        coll = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *collected_chunks)
+    else:
+        coll = None
+    coll_leaves = [] if coll is None else [np.asarray(x) for x in jax.tree.leaves(coll)]
+    arrays = {f"state_{i}": a for i, a in enumerate(state_leaves)}
+    arrays.update({f"collected_{i}": a for i, a in enumerate(coll_leaves)})
+    arrays["chain_keys"] = _key_bits(chain_keys)
+    arrays["meta"] = np.array([steps_done, num_steps, len(state_leaves), len(coll_leaves)])
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    # Atomic replace: a crash mid-write never leaves a half-written checkpoint.
+    os.replace(tmp, path)
+    return coll
+
+
+def _load_checkpoint(path: Path, state_template, collected_template, num_steps, chain_keys):
+    with np.load(path) as f:
+        steps_done, saved_num_steps, n_state, n_coll = (int(v) for v in f["meta"])
+        if saved_num_steps != num_steps:
+            raise ValueError(
+                f"checkpoint {path} was written for a run of {saved_num_steps} steps, "
+                f"not {num_steps}; pass the same settings to resume"
+            )
+        if not np.array_equal(f["chain_keys"], _key_bits(chain_keys)):
+            raise ValueError(
+                f"checkpoint {path} was written with a different seed or chain count; "
+                "pass the same key and chains to resume"
+            )
+        leaves, treedef = jax.tree.flatten(state_template)
+        if n_state != len(leaves):
+            raise ValueError(f"checkpoint {path} does not match this sampler's state")
+        state_leaves = [f[f"state_{i}"] for i in range(n_state)]
+        for saved, tmpl in zip(state_leaves, leaves):
+            if saved.shape != np.shape(tmpl):
+                raise ValueError(
+                    f"checkpoint {path} state shape {saved.shape} does not match "
+                    f"{np.shape(tmpl)}; pass the same settings to resume"
+                )
+        state = jax.tree.unflatten(
+            treedef, [jnp.asarray(s, dtype=jnp.asarray(t).dtype) for s, t in zip(state_leaves, leaves)]
+        )
+        coll_treedef = jax.tree.structure(collected_template)
+        collected = jax.tree.unflatten(coll_treedef, [f[f"collected_{i}"] for i in range(n_coll)]) if n_coll else None
+    return state, collected, steps_done
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def _identity_collect(state, info):
+    return state
+
+
+def run_chains(
+    step: Callable[[jax.Array, PyTree], tuple[PyTree, PyTree]],
+    initial_state: PyTree,
+    key: jax.Array,
+    num_steps: int,
+    *,
+    collect: Callable[[PyTree, PyTree], PyTree] = _identity_collect,
+    chunk_size: int | None = None,
+    progress: bool = True,
+    desc: str = "sampling",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    devices=None,
+    callback: Callable[[int, PyTree], None] | None = None,
+) -> RunResult:
+    """Advance many independent chains with one compiled, chunked loop.
+
+    Args:
+      step: single-chain transition ``(key, state) -> (state, info)``; pure and
+        jit-able. It is vmapped over the chain axis here.
+      initial_state: state pytree whose leaves all have a leading chain axis.
+      key: a PRNG key; chain ``c`` at step ``t`` uses
+        ``fold_in(split(key, chains)[c], t)``.
+      num_steps: number of steps, >= 0.
+      collect: ``(state, info) -> pytree`` saved at every step for one chain
+        (default: the whole state). Keep it small: it is stored on the host.
+      chunk_size: steps per compiled chunk (default: about num_steps / 20).
+      progress: show a tqdm progress bar.
+      desc: progress bar label.
+      checkpoint: path of an ``.npz`` checkpoint. If it exists and matches
+        this run (same key, chains, steps and state structure), the run
+        resumes from it; the file is rewritten every ``checkpoint_every``
+        chunks and left in place at the end.
+      checkpoint_every: chunks between checkpoint writes, >= 1.
+      devices: devices to shard chains over (default: all local devices).
+      callback: called as ``callback(steps_done, state)`` after every chunk;
+        raising KeyboardInterrupt there stops the run like Ctrl-C does.
+
+    Returns:
+      A `RunResult`; ``collected`` leaves have shape ``(chains, steps_done, ...)``.
+    """
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    num_chains = num_chains_of(initial_state)
+    if num_chains < 1:
+        raise ValueError("need at least one chain")
+    num_steps = int(num_steps)
+    chunk_size = int(chunk_size or _default_chunk_size(max(num_steps, 1)))
+
+    mesh = chain_mesh(num_chains, devices)
+    chain_keys = jax.random.split(key, num_chains)
+
+    # Shapes of one step's collected output, to build empty results and templates.
+    def _collect_shape(k, s):
+        new_state, info = step(k, s)
+        return collect(new_state, info)
+
+    one_state = jax.tree.map(lambda x: x[0], initial_state)
+    coll_shape = jax.eval_shape(_collect_shape, chain_keys[0], one_state)
+
+    state = initial_state
+    chunks: list = []
+    steps_done = 0
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state, prev, steps_done = _load_checkpoint(ckpt_path, initial_state, coll_shape, num_steps, chain_keys)
+        if prev is not None:
+            chunks.append(prev)
+
+    state = shard_chains(state, mesh)
+    chain_keys = shard_chains(chain_keys, mesh)
+    chunk_fn = _build_chunk_fn(step, collect, chunk_size)
+
+    bar = None
+    if progress and num_steps > 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, initial=steps_done, desc=desc, unit="step", leave=False)
+
+    interrupted = False
+    t0 = time.perf_counter()
+    chunk_index = 0
+    try:
+        while steps_done < num_steps:
+            new_state, outs = chunk_fn(chain_keys, state, steps_done, num_steps)
+            n_new = min(chunk_size, num_steps - steps_done)
+            # Pulling to host blocks until the chunk is done; Ctrl-C here keeps
+            # `state` at the last completed chunk.
+            outs = jax.tree.map(lambda a: np.asarray(a)[:, :n_new], outs)
+            jax.block_until_ready(new_state)
+            state = new_state
+            chunks.append(outs)
+            steps_done += n_new
+            chunk_index += 1
+            if bar is not None:
+                bar.update(n_new)
+            if ckpt_path is not None and (chunk_index % checkpoint_every == 0 or steps_done == num_steps):
+                chunks = [_save_checkpoint(ckpt_path, state, chunks, steps_done, num_steps, chain_keys)]
+            if callback is not None:
+                callback(steps_done, state)
+    except KeyboardInterrupt:
+        interrupted = True
+        warnings.warn(
+            f"interrupted after {steps_done} of {num_steps} steps; returning the draws made so far",
+            stacklevel=2,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+
+    if chunks:
+        collected = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks)
+    else:
+        collected = jax.tree.map(
+            lambda s: np.zeros((num_chains, 0) + s.shape, s.dtype), coll_shape
+        )
+    return RunResult(state, collected, steps_done, interrupted, wall)
