@@ -17,15 +17,16 @@ def _scalar_var_names(idata, max_vars: int) -> list[str]:
     return names
 
 
-def save_diagnostic_plots(idata, out_dir, *, var_names: list[str] | None = None, max_vars: int = 8) -> dict[str, Path]:
+def save_diagnostic_plots(idata, out_dir, *, var_names: list[str] | None = None, max_vars: int = 10, max_pair_vars: int = 4) -> dict[str, Path]:
     """Write ``trace.png`` and ``pair.png`` for an InferenceData into ``out_dir``.
 
     Args:
       idata: an ``arviz.InferenceData`` with a posterior group.
       out_dir: folder to write into (created if missing).
       var_names: variables to plot; default the first ones totalling at most
-        ``max_vars`` scalar components (pair plots grow quadratically).
-      max_vars: cap on scalar components when ``var_names`` is None.
+        ``max_vars`` scalar components (``max_pair_vars`` for the pair plot,
+        whose panels grow quadratically).
+      max_vars, max_pair_vars: caps on scalar components when ``var_names`` is None.
 
     Returns:
       ``{"trace": path, "pair": path}``.
@@ -48,7 +49,8 @@ def save_diagnostic_plots(idata, out_dir, *, var_names: list[str] | None = None,
     fig.savefig(paths["trace"], dpi=80)
     plt.close(fig)
 
-    axes = az.plot_pair(idata, var_names=names, kind="scatter", divergences="diverging" in idata.sample_stats, scatter_kwargs={"alpha": 0.2, "s": 4})
+    pair_names = var_names or _scalar_var_names(idata, max_pair_vars)
+    axes = az.plot_pair(idata, var_names=pair_names, kind="scatter", divergences="diverging" in idata.sample_stats, scatter_kwargs={"alpha": 0.2, "s": 4})
     fig = axes.ravel()[0].figure if hasattr(axes, "ravel") else axes.figure
     paths["pair"] = out / "pair.png"
     fig.savefig(paths["pair"], dpi=60)

@@ -165,20 +165,6 @@ def build_mala(target: Target) -> SamplerSpec:
 
 
 # What each method saves per draw, with ArviZ's sample_stats names.
-def _collect_nuts(state: TunedState, info) -> dict:
-    return {
-        "position": state.chain.position,
-        "lp": state.chain.logdensity,
-        "acceptance_rate": info.acceptance_rate,
-        "diverging": info.is_divergent,
-        "energy": info.energy,
-        "step_size": state.step_size,
-        "n_steps": info.num_integration_steps,
-        "tree_depth": info.num_trajectory_expansions,
-        "num_grad_evals": info.num_integration_steps,
-    }
-
-
 def _collect_hmc(state: TunedState, info) -> dict:
     return {
         "position": state.chain.position,
@@ -190,6 +176,10 @@ def _collect_hmc(state: TunedState, info) -> dict:
         "n_steps": info.num_integration_steps,
         "num_grad_evals": info.num_integration_steps,
     }
+
+
+def _collect_nuts(state: TunedState, info) -> dict:
+    return {**_collect_hmc(state, info), "tree_depth": info.num_trajectory_expansions}
 
 
 def _collect_mala(state: TunedState, info) -> dict:
