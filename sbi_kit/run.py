@@ -19,6 +19,7 @@ single-chain ``step(key, state) -> (state, info)``:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -96,11 +97,53 @@ def _default_chunk_size(num_steps: int) -> int:
     return max(1, min(num_steps, max(10, math.ceil(num_steps / 20))))
 
 
-def _build_chunk_fn(step, collect, chunk_size: int):
+CHAIN_METHODS = ("vectorized", "sequential")
+
+
+def default_chain_method(dynamic_length: bool) -> str:
+    """The faster way to batch chains on the current backend.
+
+    Kernels whose work varies per step (NUTS trees) run best one chain after
+    another on CPU: vmapped, every chain waits for the longest trajectory of the
+    batch (measured 2.4-3.3x slower on the funnel). On accelerators, and for
+    fixed-length kernels, vectorising over chains is the better choice.
+    """
+    return "sequential" if dynamic_length and jax.default_backend() == "cpu" else "vectorized"
+
+
+def map_over_chains(fn: Callable, args: PyTree, *, chain_method: str = "vectorized", num_groups: int = 1) -> PyTree:
+    """Apply a single-chain function to every chain of ``args``.
+
+    Args:
+      fn: ``fn(chain_args) -> out`` on one chain's slice of ``args``.
+      args: pytree whose leaves have a leading chain axis of size C.
+      chain_method: ``"vectorized"`` (``vmap`` over all chains) or
+        ``"sequential"`` (``lax.map``: chains one after another inside one
+        compiled program, so none waits for another's while-loop).
+      num_groups: with ``"sequential"``, chains are split into this many
+        groups (one per device when sharded), vmapped over groups and mapped
+        within each, so each device loops over its own chains.
+
+    Returns:
+      ``fn``'s outputs stacked along a leading chain axis of size C.
+    """
+    if chain_method not in CHAIN_METHODS:
+        raise ValueError(f"unknown chain_method {chain_method!r}; choose one of {list(CHAIN_METHODS)}")
+    if chain_method == "vectorized":
+        return jax.vmap(fn)(args)
+    num_chains = jax.tree.leaves(args)[0].shape[0]
+    grouped = jax.tree.map(lambda a: a.reshape((num_groups, num_chains // num_groups) + a.shape[1:]), args)
+    out = jax.vmap(lambda g: jax.lax.map(fn, g))(grouped)
+    return jax.tree.map(lambda a: a.reshape((num_chains,) + a.shape[2:]), out)
+
+
+@functools.lru_cache(maxsize=32)
+def _build_chunk_fn(step, collect, chunk_size: int, chain_method: str, num_groups: int):
     """A jitted function advancing all chains by ``chunk_size`` steps.
 
     Steps with index >= ``stop`` are computed but discarded (state kept), so a
-    final partial chunk reuses the same compiled function.
+    final partial chunk reuses the same compiled function. Cached on the step
+    function's identity, so repeated runs of one sampler skip compilation.
     """
 
     def one_chain_step(key, state, t, stop):
@@ -109,17 +152,13 @@ def _build_chunk_fn(step, collect, chunk_size: int):
         new_state = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new_state, state)
         return new_state, collect(new_state, info)
 
-    batched_step = jax.vmap(one_chain_step, in_axes=(0, 0, None, None))
-
     def chunk(chain_keys, state, start, stop):
-        def body(carry, t):
-            carry, out = batched_step(chain_keys, carry, t, stop)
-            return carry, out
+        def one_chain_chunk(args):
+            key, st = args
+            return jax.lax.scan(lambda s, t: one_chain_step(key, s, t, stop), st, start + jnp.arange(chunk_size))
 
-        state, outs = jax.lax.scan(body, state, start + jnp.arange(chunk_size))
-        # scan stacks along axis 0 (steps); chains lead everywhere else.
-        outs = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), outs)
-        return state, outs
+        # Outputs come back (chains, steps, ...): chains lead everywhere.
+        return map_over_chains(one_chain_chunk, (chain_keys, state), chain_method=chain_method, num_groups=num_groups)
 
     return jax.jit(chunk)
 
@@ -204,6 +243,7 @@ def run_chains(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     devices=None,
+    chain_method: str = "vectorized",
     callback: Callable[[int, PyTree], None] | None = None,
 ) -> RunResult:
     """Advance many independent chains with one compiled, chunked loop.
@@ -226,6 +266,9 @@ def run_chains(
         chunks and left in place at the end.
       checkpoint_every: chunks between checkpoint writes, >= 1.
       devices: devices to shard chains over (default: all local devices).
+      chain_method: ``"vectorized"`` (vmap over chains) or ``"sequential"``
+        (chains looped inside one compiled program, per device); see
+        `default_chain_method`. Draws agree up to float rounding.
       callback: called as ``callback(steps_done, state)`` after every chunk;
         raising KeyboardInterrupt there stops the run like Ctrl-C does.
 
@@ -236,6 +279,8 @@ def run_chains(
         raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
     if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if chain_method not in CHAIN_METHODS:
+        raise ValueError(f"unknown chain_method {chain_method!r}; choose one of {list(CHAIN_METHODS)}")
     if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
     num_chains = num_chains_of(initial_state)
@@ -266,7 +311,8 @@ def run_chains(
 
     state = shard_chains(state, mesh)
     chain_keys = shard_chains(chain_keys, mesh)
-    chunk_fn = _build_chunk_fn(step, collect, chunk_size)
+    num_groups = 1 if mesh is None else mesh.devices.size
+    chunk_fn = _build_chunk_fn(step, collect, chunk_size, chain_method, num_groups)
 
     bar = None
     if progress and num_steps > 0:

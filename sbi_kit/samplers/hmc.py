@@ -14,6 +14,7 @@ blackjax's own. What this module adds is the sbi_kit shape around them:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Callable, NamedTuple
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sbi_kit.diagnostics.trace import Trace
-from sbi_kit.run import chain_mesh, run_chains, shard_chains
+from sbi_kit.run import CHAIN_METHODS, chain_mesh, default_chain_method, map_over_chains, run_chains, shard_chains
 from sbi_kit.targets.base import Target, check_position
 
 Array = jax.Array
@@ -124,11 +125,13 @@ def _hmc_family_spec(target: Target, kernel: Callable) -> SamplerSpec:
     return SamplerSpec(init, step)
 
 
+@functools.lru_cache(maxsize=16)
 def build_nuts(target: Target, *, max_num_doublings: int = 10) -> SamplerSpec:
     """Single-chain NUTS (blackjax, multinomial, iterative) as ``init``/``step``.
 
     ``init(position (dim,), step_size, inverse_mass_matrix) -> TunedState``;
-    ``step(key, state) -> (TunedState, NUTSInfo)``.
+    ``step(key, state) -> (TunedState, NUTSInfo)``. Cached per (target,
+    settings), so repeated runs reuse compiled code.
     """
     base = blackjax.nuts.build_kernel()
 
@@ -138,6 +141,7 @@ def build_nuts(target: Target, *, max_num_doublings: int = 10) -> SamplerSpec:
     return _hmc_family_spec(target, kernel)
 
 
+@functools.lru_cache(maxsize=16)
 def build_hmc(target: Target, *, num_integration_steps: int = 10) -> SamplerSpec:
     """Single-chain static-trajectory HMC (blackjax) as ``init``/``step``."""
     base = blackjax.hmc.build_kernel()
@@ -148,6 +152,7 @@ def build_hmc(target: Target, *, num_integration_steps: int = 10) -> SamplerSpec
     return _hmc_family_spec(target, kernel)
 
 
+@functools.lru_cache(maxsize=16)
 def build_mala(target: Target) -> SamplerSpec:
     """Single-chain MALA (blackjax) as ``init``/``step``; the mass matrix is unused."""
     base = blackjax.mala.build_kernel()
@@ -198,17 +203,16 @@ def _collect_mala(state: TunedState, info) -> dict:
 # ---------------------------------------------------------------- adaptation
 
 
-def _window_adapt(target, algorithm, key, positions, num_warmup, *, dense, target_accept, initial_step_size, initial_imm, extra, mesh):
-    """Stan-style window adaptation per chain (blackjax), vmapped over chains.
+@functools.lru_cache(maxsize=16)
+def _window_adapt_fn(target, method, num_warmup, dense, target_accept, initial_step_size, seeded, extra, chain_method, num_groups):
+    """Jitted per-chain window adaptation over all chains, cached per settings."""
+    extra = dict(extra)
+    algorithm = {"nuts": blackjax.nuts, "hmc": blackjax.hmc}[method]
 
-    Returns final per-chain blackjax states, step sizes ``(chains,)``, inverse
-    mass matrices ``(chains, dim[, dim])`` and the warmup's gradient count.
-    """
-
-    # Older blackjax releases have no initial_inverse_mass_matrix argument.
-    seed_imm = {} if initial_imm is None else {"initial_inverse_mass_matrix": initial_imm}
-
-    def adapt_one(k, x):
+    def adapt_one(args):
+        k, x, imm = args
+        # Older blackjax releases have no initial_inverse_mass_matrix argument.
+        seed_imm = {"initial_inverse_mass_matrix": imm} if seeded else {}
         warmup = blackjax.window_adaptation(
             algorithm,
             target.log_density,
@@ -223,10 +227,26 @@ def _window_adapt(target, algorithm, key, positions, num_warmup, *, dense, targe
         (state, params), n_grads = warmup.run(k, x, num_warmup)
         return state, params["step_size"], params["inverse_mass_matrix"], jnp.sum(n_grads)
 
-    keys = shard_chains(jax.random.split(key, positions.shape[0]), mesh)
-    positions = shard_chains(positions, mesh)
-    state, step_size, imm, n_grads = jax.jit(jax.vmap(adapt_one))(keys, positions)
-    return state, step_size, imm, int(jnp.sum(n_grads))
+    return jax.jit(lambda keys, positions, imms: map_over_chains(
+        adapt_one, (keys, positions, imms), chain_method=chain_method, num_groups=num_groups))
+
+
+def _window_adapt(target, method, key, positions, num_warmup, *, dense, target_accept, initial_step_size, initial_imm, extra, mesh, chain_method):
+    """Stan-style window adaptation per chain (blackjax), over all chains.
+
+    Returns final per-chain blackjax states, step sizes ``(chains,)``, inverse
+    mass matrices ``(chains, dim[, dim])`` and the warmup's gradient count.
+    """
+    num_chains, dim = positions.shape
+    seeded = initial_imm is not None
+    imm = initial_imm if seeded else (jnp.eye(dim) if dense else jnp.ones(dim))
+    imms = jnp.broadcast_to(jnp.asarray(imm, positions.dtype), (num_chains,) + jnp.shape(imm))
+    num_groups = 1 if mesh is None else mesh.devices.size
+    fn = _window_adapt_fn(target, method, num_warmup, dense, float(target_accept), float(initial_step_size),
+                          seeded, tuple(sorted(extra.items())), chain_method, num_groups)
+    keys = shard_chains(jax.random.split(key, num_chains), mesh)
+    state, step_size, imm_out, n_grads = fn(keys, shard_chains(positions, mesh), shard_chains(imms, mesh))
+    return state, step_size, imm_out, int(jnp.sum(n_grads))
 
 
 def _mala_adapt(target, key, positions, num_warmup, *, target_accept, initial_step_size, mesh):
@@ -276,6 +296,7 @@ def sample(
     checkpoint: str | None = None,
     checkpoint_every: int = 1,
     devices=None,
+    chain_method: str | None = None,
     callback: Callable | None = None,
 ) -> Trace:
     """Sample a target with NUTS, HMC or MALA on many chains at once.
@@ -301,6 +322,9 @@ def sample(
       target_accept: target acceptance rate (0.8 for NUTS/HMC, 0.574 MALA).
       max_num_doublings: NUTS maximum tree depth.
       num_integration_steps: HMC leapfrog steps per transition.
+      chain_method: ``"vectorized"`` or ``"sequential"`` batching of chains
+        (default: sequential for NUTS on CPU, where vmapped trees wait for the
+        longest one; vectorized otherwise); see `sbi_kit.run.map_over_chains`.
       chunk_size, progress, checkpoint, checkpoint_every, devices, callback:
         passed to `run_chains`. With a checkpoint, a resumed run skips warmup
         (the tuned parameters are part of the saved state).
@@ -331,6 +355,10 @@ def sample(
     if num_warmup == 0 and step_size is None:
         raise ValueError("num_warmup=0 needs an explicit step_size (nothing to adapt it)")
     max_num_doublings = _check_count(max_num_doublings, "max_num_doublings", 1)
+    if chain_method is None:
+        chain_method = default_chain_method(dynamic_length=method == "nuts")
+    elif chain_method not in CHAIN_METHODS:
+        raise ValueError(f"unknown chain_method {chain_method!r}; choose one of {list(CHAIN_METHODS)}")
     num_integration_steps = _check_count(num_integration_steps, "num_integration_steps", 1)
 
     key_init, key_warmup, key_sample = jax.random.split(key, 3)
@@ -348,10 +376,10 @@ def sample(
 
     if method == "nuts":
         spec, collect = build_nuts(target, max_num_doublings=max_num_doublings), _collect_nuts
-        algorithm, extra = blackjax.nuts, {"max_num_doublings": max_num_doublings}
+        extra = {"max_num_doublings": max_num_doublings}
     elif method == "hmc":
         spec, collect = build_hmc(target, num_integration_steps=num_integration_steps), _collect_hmc
-        algorithm, extra = blackjax.hmc, {"num_integration_steps": num_integration_steps}
+        extra = {"num_integration_steps": num_integration_steps}
     else:
         spec, collect = build_mala(target), _collect_mala
 
@@ -375,9 +403,9 @@ def sample(
         state = TunedState(chain, eps.astype(dtype), jnp.ones((num_chains, target.dim), dtype))
     else:
         chain, eps, imms, warmup_grads = _window_adapt(
-            target, algorithm, key_warmup, positions, num_warmup, dense=dense_mass,
+            target, method, key_warmup, positions, num_warmup, dense=dense_mass,
             target_accept=target_accept, initial_step_size=step_size or 1.0,
-            initial_imm=imm, extra=extra, mesh=mesh,
+            initial_imm=imm, extra=extra, mesh=mesh, chain_method=chain_method,
         )
         state = TunedState(chain, eps.astype(dtype), imms.astype(dtype))
     jax.block_until_ready(state)
@@ -386,7 +414,7 @@ def sample(
     result = run_chains(
         spec.step, state, key_sample, num_draws, collect=collect, chunk_size=chunk_size,
         progress=progress, desc=f"{method} sampling", checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every, devices=devices, callback=callback,
+        checkpoint_every=checkpoint_every, devices=devices, chain_method=chain_method, callback=callback,
     )
     collected = dict(result.collected)
     positions_out = collected.pop("position")
@@ -404,6 +432,7 @@ def sample(
             "warmup_time": warmup_time,
             "sampling_time": result.wall_time,
             "resumed": resuming,
+            "chain_method": chain_method,
         },
         interrupted=result.interrupted,
     )
