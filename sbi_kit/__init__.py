@@ -11,12 +11,12 @@ from sbi_kit.samplers import (
     build_hmc,
     build_mala,
     build_nuts,
-    hmc,
     mala,
     nuts,
     sample,
     uniform_initial_positions,
 )
+from sbi_kit.samplers.hmc import hmc
 from sbi_kit.targets import Target, from_energy, from_logdensity, from_numpyro
 from sbi_kit.thinning import thin
 

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chains", type=_positive_int, default=4, help="number of chains (default: 4)")
     run.add_argument("--draws", type=_positive_int, default=1000, help="draws per chain (default: 1000)")
     run.add_argument("--warmup", type=_nonnegative_int, default=1000, help="warmup steps per chain (default: 1000)")
+    run.add_argument("--step-size", type=float, default=None, help="initial step size (fixed when --warmup 0)")
     run.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     run.add_argument("--out", default="sbi_kit_out", help="output folder (default: ./sbi_kit_out)")
     run.add_argument("--thin", type=_positive_int, default=None, metavar="SIZE", help="also write a kernel-thinned coreset of SIZE draws")
@@ -89,9 +90,18 @@ def run_command(args) -> int:
 
     import sbi_kit
 
+    n_total = args.chains * args.draws
+    if args.thin is not None and args.thin > n_total:
+        raise ValueError(f"--thin {args.thin} is larger than the {n_total} draws ({args.chains} chains x {args.draws})")
+    if args.warmup == 0 and args.step_size is None:
+        raise ValueError("--warmup 0 needs --step-size (nothing to adapt the step size)")
     model_path = Path(args.model) if args.model else BUNDLED_MODEL
     model, data = load_model_file(model_path)
-    target = sbi_kit.from_numpyro(model, name=model_path.stem, **data)
+    try:
+        target = sbi_kit.from_numpyro(model, name=model_path.stem, **data)
+    except TypeError as err:
+        # Usually `data` keys that do not match the model's arguments.
+        raise ValueError(f"cannot call `model(**data)` from {model_path}: {err}") from err
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -100,8 +110,12 @@ def run_command(args) -> int:
           f"{args.chains} chains x {args.draws} draws after {args.warmup} warmup steps")
     trace = sbi_kit.sample(
         target, key_sample, method=args.method, num_chains=args.chains, num_warmup=args.warmup,
-        num_draws=args.draws, progress=not args.no_progress, checkpoint=args.checkpoint,
+        num_draws=args.draws, step_size=args.step_size, progress=not args.no_progress,
+        checkpoint=args.checkpoint,
     )
+    if trace.num_draws == 0:
+        print("sbi-kit: interrupted before the first draws were made; nothing written", file=sys.stderr)
+        return 130
     idata = trace.to_arviz()
     summary = az.summary(idata)
     print(summary.to_string())
@@ -118,13 +132,11 @@ def run_command(args) -> int:
         from sbi_kit.diagnostics.plots import save_coreset_plot
         from sbi_kit.thinning import thin
 
-        n_total = trace.num_chains * trace.num_draws
-        if args.thin > n_total:
-            raise ValueError(f"--thin {args.thin} is larger than the {n_total} draws")
-        coreset = thin(idata, args.thin, method=args.thin_method, key=key_thin)
+        n_total = trace.num_chains * trace.num_draws  # fewer if interrupted
+        coreset = thin(idata, min(args.thin, n_total), method=args.thin_method, key=key_thin)
         coreset.to_netcdf(out / "coreset.nc")
         written += [out / "coreset.nc", save_coreset_plot(idata, coreset, out / "coreset.png")]
-        print(f"kernel thinning ({args.thin_method}): {n_total} draws -> {args.thin} points")
+        print(f"kernel thinning ({args.thin_method}): {n_total} draws -> {min(args.thin, n_total)} points")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -111,18 +111,19 @@ def default_chain_method(dynamic_length: bool) -> str:
     return "sequential" if dynamic_length and jax.default_backend() == "cpu" else "vectorized"
 
 
-def map_over_chains(fn: Callable, args: PyTree, *, chain_method: str = "vectorized", num_groups: int = 1) -> PyTree:
+def map_over_chains(fn: Callable, args: PyTree, *, chain_method: str = "vectorized", mesh: Mesh | None = None) -> PyTree:
     """Apply a single-chain function to every chain of ``args``.
 
     Args:
       fn: ``fn(chain_args) -> out`` on one chain's slice of ``args``.
       args: pytree whose leaves have a leading chain axis of size C.
-      chain_method: ``"vectorized"`` (``vmap`` over all chains) or
-        ``"sequential"`` (``lax.map``: chains one after another inside one
-        compiled program, so none waits for another's while-loop).
-      num_groups: with ``"sequential"``, chains are split into this many
-        groups (one per device when sharded), vmapped over groups and mapped
-        within each, so each device loops over its own chains.
+      chain_method: ``"vectorized"`` (``vmap`` over all chains; with a mesh,
+        XLA partitions the batch over devices) or ``"sequential"``
+        (``lax.map``: chains one after another inside one compiled program,
+        so no chain waits for another's while-loop). With a mesh, the
+        sequential loop runs under ``shard_map``: each device loops over its
+        own chains with no cross-device communication.
+      mesh: a 1-d ``("chains",)`` mesh from `chain_mesh`, or None.
 
     Returns:
       ``fn``'s outputs stacked along a leading chain axis of size C.
@@ -131,19 +132,22 @@ def map_over_chains(fn: Callable, args: PyTree, *, chain_method: str = "vectoriz
         raise ValueError(f"unknown chain_method {chain_method!r}; choose one of {list(CHAIN_METHODS)}")
     if chain_method == "vectorized":
         return jax.vmap(fn)(args)
-    num_chains = jax.tree.leaves(args)[0].shape[0]
-    grouped = jax.tree.map(lambda a: a.reshape((num_groups, num_chains // num_groups) + a.shape[1:]), args)
-    out = jax.vmap(lambda g: jax.lax.map(fn, g))(grouped)
-    return jax.tree.map(lambda a: a.reshape((num_chains,) + a.shape[2:]), out)
+    local = lambda a: jax.lax.map(fn, a)  # noqa: E731
+    if mesh is None:
+        return local(args)
+    spec = PartitionSpec("chains")
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,), out_specs=spec, check_vma=False)(args)
 
 
 @functools.lru_cache(maxsize=32)
-def _build_chunk_fn(step, collect, chunk_size: int, chain_method: str, num_groups: int):
+def _build_chunk_fn(step, collect, chunk_size: int, chain_method: str, mesh: Mesh | None):
     """A jitted function advancing all chains by ``chunk_size`` steps.
 
     Steps with index >= ``stop`` are computed but discarded (state kept), so a
     final partial chunk reuses the same compiled function. Cached on the step
-    function's identity, so repeated runs of one sampler skip compilation.
+    function's identity, so repeated runs of one sampler skip compilation
+    (``step`` must therefore be pure: it is not retraced if globals it reads
+    change; `clear_caches` drops the cache).
     """
 
     def one_chain_step(key, state, t, stop):
@@ -158,7 +162,7 @@ def _build_chunk_fn(step, collect, chunk_size: int, chain_method: str, num_group
             return jax.lax.scan(lambda s, t: one_chain_step(key, s, t, stop), st, start + jnp.arange(chunk_size))
 
         # Outputs come back (chains, steps, ...): chains lead everywhere.
-        return map_over_chains(one_chain_chunk, (chain_keys, state), chain_method=chain_method, num_groups=num_groups)
+        return map_over_chains(one_chain_chunk, (chain_keys, state), chain_method=chain_method, mesh=mesh)
 
     return jax.jit(chunk)
 
@@ -173,28 +177,35 @@ def _key_bits(keys) -> np.ndarray:
     return np.asarray(keys)
 
 
-def _save_checkpoint(path: Path, state, collected_chunks, steps_done, num_steps, chain_keys):
-    """Write state and draws so far atomically; returns the draws as one chunk."""
-    state_leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
-    if collected_chunks:
-        coll = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *collected_chunks)
-    else:
-        coll = None
-    coll_leaves = [] if coll is None else [np.asarray(x) for x in jax.tree.leaves(coll)]
-    arrays = {f"state_{i}": a for i, a in enumerate(state_leaves)}
-    arrays.update({f"collected_{i}": a for i, a in enumerate(coll_leaves)})
+def _fingerprint(run_id: str, state, coll_shape) -> str:
+    """What a checkpoint must match: the caller's run id and the pytree layout."""
+    leaves = jax.tree.leaves(state)
+    dtypes = ",".join(str(jnp.asarray(x).dtype) for x in leaves)
+    return f"{run_id}|{jax.tree.structure(state)}|{dtypes}|{jax.tree.structure(coll_shape)}"
+
+
+def _save_checkpoint(path: Path, state, collected, steps_done, num_steps, chain_keys, fingerprint) -> None:
+    """Write state and draws so far atomically."""
+    arrays = {f"state_{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(state))}
+    coll_leaves = [] if collected is None else jax.tree.leaves(collected)
+    arrays.update({f"collected_{i}": np.asarray(a) for i, a in enumerate(coll_leaves)})
     arrays["chain_keys"] = _key_bits(chain_keys)
-    arrays["meta"] = np.array([steps_done, num_steps, len(state_leaves), len(coll_leaves)])
+    arrays["meta"] = np.array([steps_done, num_steps, len(arrays) - len(coll_leaves), len(coll_leaves)])
+    arrays["fingerprint"] = np.array(fingerprint)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     # Atomic replace: a crash mid-write never leaves a half-written checkpoint.
     os.replace(tmp, path)
-    return coll
 
 
-def _load_checkpoint(path: Path, state_template, collected_template, num_steps, chain_keys):
+def _load_checkpoint(path: Path, state_template, coll_shape, num_steps, chain_keys, fingerprint):
     with np.load(path) as f:
-        steps_done, saved_num_steps, n_state, n_coll = (int(v) for v in f["meta"])
+        if "fingerprint" not in f or str(f["fingerprint"]) != fingerprint:
+            raise ValueError(
+                f"checkpoint {path} belongs to a different run (target, method, settings or "
+                "state layout differ); delete it or choose another checkpoint path"
+            )
+        steps_done, saved_num_steps, _, n_coll = (int(v) for v in f["meta"])
         if saved_num_steps != num_steps:
             raise ValueError(
                 f"checkpoint {path} was written for a run of {saved_num_steps} steps, "
@@ -206,21 +217,72 @@ def _load_checkpoint(path: Path, state_template, collected_template, num_steps, 
                 "pass the same key and chains to resume"
             )
         leaves, treedef = jax.tree.flatten(state_template)
-        if n_state != len(leaves):
-            raise ValueError(f"checkpoint {path} does not match this sampler's state")
-        state_leaves = [f[f"state_{i}"] for i in range(n_state)]
-        for saved, tmpl in zip(state_leaves, leaves):
-            if saved.shape != np.shape(tmpl):
+        saved = [f[f"state_{i}"] for i in range(len(leaves))]
+        for got, tmpl in zip(saved, leaves):
+            if got.shape != np.shape(tmpl):
                 raise ValueError(
-                    f"checkpoint {path} state shape {saved.shape} does not match "
+                    f"checkpoint {path} state shape {got.shape} does not match "
                     f"{np.shape(tmpl)}; pass the same settings to resume"
                 )
-        state = jax.tree.unflatten(
-            treedef, [jnp.asarray(s, dtype=jnp.asarray(t).dtype) for s, t in zip(state_leaves, leaves)]
-        )
-        coll_treedef = jax.tree.structure(collected_template)
-        collected = jax.tree.unflatten(coll_treedef, [f[f"collected_{i}"] for i in range(n_coll)]) if n_coll else None
+        state = jax.tree.unflatten(treedef, [jnp.asarray(g, dtype=jnp.asarray(t).dtype) for g, t in zip(saved, leaves)])
+        coll_leaves, coll_def = jax.tree.flatten(coll_shape)
+        collected = None
+        if n_coll:
+            collected = jax.tree.unflatten(
+                coll_def, [f[f"collected_{i}"].astype(c.dtype) for i, c in enumerate(coll_leaves)]
+            )
     return state, collected, steps_done
+
+
+def check_run_args(num_steps, *, chunk_size=None, checkpoint=None, checkpoint_every=1, chain_method="vectorized") -> None:
+    """Validate `run_chains` arguments; samplers call it before any warmup.
+
+    Raises:
+      ValueError: a negative step count, a non-positive chunk size or
+        checkpoint interval, an unknown chain method, or a checkpoint path
+        whose folder does not exist.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if chain_method not in CHAIN_METHODS:
+        raise ValueError(f"unknown chain_method {chain_method!r}; choose one of {list(CHAIN_METHODS)}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if checkpoint is not None and not Path(checkpoint).resolve().parent.is_dir():
+        raise ValueError(f"checkpoint folder does not exist: {Path(checkpoint).resolve().parent}")
+
+
+def run_fingerprint(target, **settings) -> str:
+    """A string identifying a sampler run, for checkpoint matching.
+
+    Combines the target's name, dimension, log-density values at three fixed
+    probe points (which tell apart closures over different data), for numpyro
+    targets the model function and a hash of its data, and the sampler's
+    settings. It is stable across processes, so a crashed run can resume.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    info = getattr(target, "info", {}) or {}
+    fn = info.get("model", getattr(target, "log_density", None))
+    h.update(f"{target.name}|{target.dim}|{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}".encode())
+    for leaf in jax.tree.leaves((info.get("model_args", ()), info.get("model_kwargs", {}))):
+        arr = np.asarray(leaf)
+        h.update(str((arr.dtype, arr.shape)).encode())
+        h.update(arr.tobytes() if arr.dtype != object else repr(leaf).encode())
+    dim = int(target.dim)
+    probes = jax.random.normal(jax.random.PRNGKey(20261124), (3, dim))
+    values = np.asarray(jax.vmap(target.log_density)(probes), dtype=np.float64)
+    h.update(np.round(values, 5).tobytes())
+    h.update(repr(sorted(settings.items())).encode())
+    return h.hexdigest()
+
+
+def clear_caches() -> None:
+    """Drop cached compiled loops (and the samplers' cached kernels)."""
+    _build_chunk_fn.cache_clear()
 
 
 # ---------------------------------------------------------------- the driver
@@ -245,6 +307,7 @@ def run_chains(
     devices=None,
     chain_method: str = "vectorized",
     callback: Callable[[int, PyTree], None] | None = None,
+    run_id: str = "",
 ) -> RunResult:
     """Advance many independent chains with one compiled, chunked loop.
 
@@ -261,9 +324,10 @@ def run_chains(
       progress: show a tqdm progress bar.
       desc: progress bar label.
       checkpoint: path of an ``.npz`` checkpoint. If it exists and matches
-        this run (same key, chains, steps and state structure), the run
-        resumes from it; the file is rewritten every ``checkpoint_every``
-        chunks and left in place at the end.
+        this run (same ``run_id``, key, chains, steps, state layout and
+        dtypes), the run resumes from it; otherwise a clear error is raised.
+        The file is rewritten every ``checkpoint_every`` chunks, on Ctrl-C,
+        and at the end (where it is left in place).
       checkpoint_every: chunks between checkpoint writes, >= 1.
       devices: devices to shard chains over (default: all local devices).
       chain_method: ``"vectorized"`` (vmap over chains) or ``"sequential"``
@@ -271,18 +335,18 @@ def run_chains(
         `default_chain_method`. Draws agree up to float rounding.
       callback: called as ``callback(steps_done, state)`` after every chunk;
         raising KeyboardInterrupt there stops the run like Ctrl-C does.
+      run_id: a string identifying the run's target and settings, stored in
+        the checkpoint so a file from another run is never resumed.
+
+    A final partial chunk computes (and discards) up to ``chunk_size - 1``
+    extra steps, so ``num_steps`` should not be much smaller than a multiple
+    of ``chunk_size``.
 
     Returns:
       A `RunResult`; ``collected`` leaves have shape ``(chains, steps_done, ...)``.
     """
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
-        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if chain_method not in CHAIN_METHODS:
-        raise ValueError(f"unknown chain_method {chain_method!r}; choose one of {list(CHAIN_METHODS)}")
-    if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    check_run_args(num_steps, chunk_size=chunk_size, checkpoint=checkpoint,
+                   checkpoint_every=checkpoint_every, chain_method=chain_method)
     num_chains = num_chains_of(initial_state)
     if num_chains < 1:
         raise ValueError("need at least one chain")
@@ -300,19 +364,29 @@ def run_chains(
     one_state = jax.tree.map(lambda x: x[0], initial_state)
     coll_shape = jax.eval_shape(_collect_shape, chain_keys[0], one_state)
 
+    fingerprint = _fingerprint(run_id, initial_state, coll_shape)
     state = initial_state
     chunks: list = []
     steps_done = 0
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and ckpt_path.exists():
-        state, prev, steps_done = _load_checkpoint(ckpt_path, initial_state, coll_shape, num_steps, chain_keys)
+        state, prev, steps_done = _load_checkpoint(ckpt_path, initial_state, coll_shape, num_steps, chain_keys, fingerprint)
         if prev is not None:
             chunks.append(prev)
 
+    def gathered():
+        if not chunks:
+            return None
+        if len(chunks) > 1:
+            chunks[:] = [jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks)]
+        return chunks[0]
+
+    def save():
+        _save_checkpoint(ckpt_path, state, gathered(), steps_done, num_steps, chain_keys, fingerprint)
+
     state = shard_chains(state, mesh)
     chain_keys = shard_chains(chain_keys, mesh)
-    num_groups = 1 if mesh is None else mesh.devices.size
-    chunk_fn = _build_chunk_fn(step, collect, chunk_size, chain_method, num_groups)
+    chunk_fn = _build_chunk_fn(step, collect, chunk_size, chain_method, mesh)
 
     bar = None
     if progress and num_steps > 0:
@@ -321,28 +395,33 @@ def run_chains(
         bar = tqdm(total=num_steps, initial=steps_done, desc=desc, unit="step", leave=False)
 
     interrupted = False
+    unsaved = 0
     t0 = time.perf_counter()
-    chunk_index = 0
     try:
         while steps_done < num_steps:
             new_state, outs = chunk_fn(chain_keys, state, steps_done, num_steps)
             n_new = min(chunk_size, num_steps - steps_done)
-            # Pulling to host blocks until the chunk is done; Ctrl-C here keeps
-            # `state` at the last completed chunk.
+            # Pulling to host blocks until the chunk is done; Ctrl-C there
+            # leaves state, draws and count at the last completed chunk.
             outs = jax.tree.map(lambda a: np.asarray(a)[:, :n_new], outs)
             jax.block_until_ready(new_state)
-            state = new_state
+            # Ctrl-C is delivered while waiting above; these plain assignments
+            # then commit the chunk together.
             chunks.append(outs)
+            state = new_state
             steps_done += n_new
-            chunk_index += 1
+            unsaved += 1
             if bar is not None:
                 bar.update(n_new)
-            if ckpt_path is not None and (chunk_index % checkpoint_every == 0 or steps_done == num_steps):
-                chunks = [_save_checkpoint(ckpt_path, state, chunks, steps_done, num_steps, chain_keys)]
+            if ckpt_path is not None and (unsaved >= checkpoint_every or steps_done == num_steps):
+                save()
+                unsaved = 0
             if callback is not None:
                 callback(steps_done, state)
     except KeyboardInterrupt:
         interrupted = True
+        if ckpt_path is not None and unsaved:
+            save()  # keep every completed chunk, not only the last saved ones
         warnings.warn(
             f"interrupted after {steps_done} of {num_steps} steps; returning the draws made so far",
             stacklevel=2,
@@ -352,10 +431,7 @@ def run_chains(
             bar.close()
     wall = time.perf_counter() - t0
 
-    if chunks:
-        collected = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *chunks)
-    else:
-        collected = jax.tree.map(
-            lambda s: np.zeros((num_chains, 0) + s.shape, s.dtype), coll_shape
-        )
+    collected = gathered()
+    if collected is None:
+        collected = jax.tree.map(lambda s: np.zeros((num_chains, 0) + s.shape, s.dtype), coll_shape)
     return RunResult(state, collected, steps_done, interrupted, wall)

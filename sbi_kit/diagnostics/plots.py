@@ -5,31 +5,44 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _scalar_var_names(idata, max_vars: int) -> list[str]:
-    """The first posterior variables whose components add up to <= ``max_vars``."""
-    names, count = [], 0
+def _components(idata, max_components: int):
+    """The first ``max_components`` scalar posterior components as an InferenceData.
+
+    Each component becomes its own variable (``theta[3]``), so plots never
+    grow with a large vector site; sample_stats are kept for divergences.
+    """
+    import arviz as az
+    import numpy as np
+
+    comps = {}
     for name, da in idata.posterior.data_vars.items():
-        size = int(da.size // (da.sizes["chain"] * da.sizes["draw"]))
-        if count + size > max_vars and names:
-            break
-        names.append(name)
-        count += size
-    return names
+        values = np.asarray(da.values)
+        flat = values.reshape(values.shape[:2] + (-1,))
+        extra_shape = values.shape[2:]
+        for j in range(flat.shape[2]):
+            if len(comps) == max_components:
+                break
+            label = name if not extra_shape else f"{name}[{','.join(map(str, np.unravel_index(j, extra_shape)))}]"
+            comps[label] = flat[:, :, j]
+    groups = {"posterior": comps}
+    if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
+        groups["sample_stats"] = {"diverging": np.asarray(idata.sample_stats["diverging"].values)}
+    return az.from_dict(**groups)
 
 
-def save_diagnostic_plots(idata, out_dir, *, var_names: list[str] | None = None, max_vars: int = 10, max_pair_vars: int = 4) -> dict[str, Path]:
-    """Write ``trace.png`` and ``pair.png`` for an InferenceData into ``out_dir``.
+def save_diagnostic_plots(idata, out_dir, *, max_components: int = 10, max_pair_components: int = 4) -> dict[str, Path]:
+    """Write ``trace.png`` (and ``pair.png``) for an InferenceData into ``out_dir``.
 
     Args:
       idata: an ``arviz.InferenceData`` with a posterior group.
       out_dir: folder to write into (created if missing).
-      var_names: variables to plot; default the first ones totalling at most
-        ``max_vars`` scalar components (``max_pair_vars`` for the pair plot,
-        whose panels grow quadratically).
-      max_vars, max_pair_vars: caps on scalar components when ``var_names`` is None.
+      max_components: scalar components in the trace plot (the first ones,
+        in posterior order; vector sites count one per entry).
+      max_pair_components: components in the pair plot, whose panels grow
+        quadratically; no pair plot is written for fewer than 2 components.
 
     Returns:
-      ``{"trace": path, "pair": path}``.
+      ``{"trace": path}`` plus ``"pair": path`` when a pair plot was written.
     """
     import arviz as az
     import matplotlib
@@ -39,22 +52,23 @@ def save_diagnostic_plots(idata, out_dir, *, var_names: list[str] | None = None,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = var_names or _scalar_var_names(idata, max_vars)
     paths = {}
 
-    axes = az.plot_trace(idata, var_names=names, compact=True)
+    axes = az.plot_trace(_components(idata, max_components), compact=True)
     fig = axes.ravel()[0].figure
     fig.tight_layout()
     paths["trace"] = out / "trace.png"
     fig.savefig(paths["trace"], dpi=80)
     plt.close(fig)
 
-    pair_names = var_names or _scalar_var_names(idata, max_pair_vars)
-    axes = az.plot_pair(idata, var_names=pair_names, kind="scatter", divergences="diverging" in idata.sample_stats, scatter_kwargs={"alpha": 0.2, "s": 4})
-    fig = axes.ravel()[0].figure if hasattr(axes, "ravel") else axes.figure
-    paths["pair"] = out / "pair.png"
-    fig.savefig(paths["pair"], dpi=60)
-    plt.close(fig)
+    pair_data = _components(idata, max_pair_components)
+    if len(pair_data.posterior.data_vars) >= 2:
+        has_div = "sample_stats" in pair_data.groups()
+        axes = az.plot_pair(pair_data, kind="scatter", divergences=has_div, scatter_kwargs={"alpha": 0.2, "s": 4})
+        fig = axes.ravel()[0].figure if hasattr(axes, "ravel") else axes.figure
+        paths["pair"] = out / "pair.png"
+        fig.savefig(paths["pair"], dpi=60)
+        plt.close(fig)
     return paths
 
 

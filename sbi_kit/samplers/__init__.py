@@ -1,4 +1,8 @@
-"""Samplers: one module per algorithm family."""
+"""Samplers: one module per algorithm family.
+
+The top-level functions (`sbi_kit.nuts`, `sbi_kit.hmc`, ...) are re-exported
+from `sbi_kit`; here the submodule names (`sbi_kit.samplers.hmc`) stay modules.
+"""
 
 from sbi_kit.samplers.hmc import (
     SamplerSpec,
@@ -6,7 +10,6 @@ from sbi_kit.samplers.hmc import (
     build_hmc,
     build_mala,
     build_nuts,
-    hmc,
     mala,
     nuts,
     sample,
@@ -15,5 +18,5 @@ from sbi_kit.samplers.hmc import (
 
 __all__ = [
     "SamplerSpec", "TunedState", "build_hmc", "build_mala", "build_nuts",
-    "hmc", "mala", "nuts", "sample", "uniform_initial_positions",
+    "mala", "nuts", "sample", "uniform_initial_positions",
 ]

@@ -25,7 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from sbi_kit.diagnostics.trace import Trace
-from sbi_kit.run import CHAIN_METHODS, chain_mesh, default_chain_method, map_over_chains, run_chains, shard_chains
+from sbi_kit.run import (
+    CHAIN_METHODS,
+    chain_mesh,
+    check_run_args,
+    default_chain_method,
+    map_over_chains,
+    run_chains,
+    run_fingerprint,
+    shard_chains,
+)
 from sbi_kit.targets.base import Target, check_position
 
 Array = jax.Array
@@ -61,7 +70,9 @@ def _check_step_size(step_size) -> None:
     if step_size is None:
         return
     arr = np.asarray(step_size, dtype=float)
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+    if arr.ndim != 0:
+        raise ValueError(f"step_size must be a scalar, got shape {arr.shape}")
+    if not np.isfinite(arr) or arr <= 0:
         raise ValueError(f"step_size must be positive and finite, got {step_size}")
 
 
@@ -97,17 +108,23 @@ def uniform_initial_positions(target: Target, key: Array, num_chains: int, radiu
       ValueError: if no candidate has a finite log density for some chain.
     """
     num_chains = _check_count(num_chains, "num_chains", 1)
-    cand = jax.random.uniform(key, (tries, num_chains, target.dim), minval=-radius, maxval=radius)
-    logp = jax.vmap(jax.vmap(target.log_density))(cand)
-    ok = jnp.isfinite(logp)
-    first = jnp.argmax(ok, axis=0)
-    if not bool(jnp.all(jnp.any(ok, axis=0))):
-        raise ValueError(
-            f"no starting point with a finite log density found for target {target.name!r} "
-            f"in {tries} uniform draws on [-{radius}, {radius}]^{target.dim}; pass "
-            "initial_positions explicitly"
-        )
-    return cand[first, jnp.arange(num_chains)]
+    logp_fn = jax.jit(jax.vmap(target.log_density))
+    found = None
+    ok = np.zeros(num_chains, bool)
+    # One batch of candidates per try, stopping as soon as every chain has a
+    # finite one (usually the first), so memory stays O(chains * dim).
+    for k in jax.random.split(key, tries):
+        cand = jax.random.uniform(k, (num_chains, target.dim), minval=-radius, maxval=radius)
+        good = np.asarray(jnp.isfinite(logp_fn(cand)))
+        found = cand if found is None else jnp.where((good & ~ok)[:, None], cand, found)
+        ok |= good
+        if ok.all():
+            return found
+    raise ValueError(
+        f"no starting point with a finite log density found for target {target.name!r} "
+        f"in {tries} uniform draws on [-{radius}, {radius}]^{target.dim}; pass "
+        "initial_positions explicitly"
+    )
 
 
 # ---------------------------------------------------------------- kernels
@@ -170,21 +187,30 @@ def build_mala(target: Target) -> SamplerSpec:
 
 
 # What each method saves per draw, with ArviZ's sample_stats names.
-def _collect_hmc(state: TunedState, info) -> dict:
+def _collect_trajectory(state: TunedState, info) -> dict:
+    """Stats shared by HMC and NUTS (both report divergences and leapfrog steps)."""
     return {
         "position": state.chain.position,
         "lp": state.chain.logdensity,
         "acceptance_rate": info.acceptance_rate,
         "diverging": info.is_divergent,
-        "energy": info.energy,
         "step_size": state.step_size,
         "n_steps": info.num_integration_steps,
         "num_grad_evals": info.num_integration_steps,
     }
 
 
+def _collect_hmc(state: TunedState, info) -> dict:
+    # blackjax reports the proposal's energy even when it is rejected; the kept
+    # state's energy is then the trajectory start's: -lp + K(p0).
+    kinetic = blackjax.mcmc.metrics.default_metric(state.inverse_mass_matrix).kinetic_energy(info.momentum)
+    energy = jnp.where(info.is_accepted, info.energy, kinetic - state.chain.logdensity)
+    return {**_collect_trajectory(state, info), "energy": energy}
+
+
 def _collect_nuts(state: TunedState, info) -> dict:
-    return {**_collect_hmc(state, info), "tree_depth": info.num_trajectory_expansions}
+    # NUTS reports the energy of the sampled (kept) point itself.
+    return {**_collect_trajectory(state, info), "energy": info.energy, "tree_depth": info.num_trajectory_expansions}
 
 
 def _collect_mala(state: TunedState, info) -> dict:
@@ -204,7 +230,7 @@ def _collect_mala(state: TunedState, info) -> dict:
 
 
 @functools.lru_cache(maxsize=16)
-def _window_adapt_fn(target, method, num_warmup, dense, target_accept, initial_step_size, seeded, extra, chain_method, num_groups):
+def _window_adapt_fn(target, method, num_warmup, dense, target_accept, initial_step_size, seeded, extra, chain_method, mesh):
     """Jitted per-chain window adaptation over all chains, cached per settings."""
     extra = dict(extra)
     algorithm = {"nuts": blackjax.nuts, "hmc": blackjax.hmc}[method]
@@ -228,7 +254,7 @@ def _window_adapt_fn(target, method, num_warmup, dense, target_accept, initial_s
         return state, params["step_size"], params["inverse_mass_matrix"], jnp.sum(n_grads)
 
     return jax.jit(lambda keys, positions, imms: map_over_chains(
-        adapt_one, (keys, positions, imms), chain_method=chain_method, num_groups=num_groups))
+        adapt_one, (keys, positions, imms), chain_method=chain_method, mesh=mesh))
 
 
 def _window_adapt(target, method, key, positions, num_warmup, *, dense, target_accept, initial_step_size, initial_imm, extra, mesh, chain_method):
@@ -241,12 +267,12 @@ def _window_adapt(target, method, key, positions, num_warmup, *, dense, target_a
     seeded = initial_imm is not None
     imm = initial_imm if seeded else (jnp.eye(dim) if dense else jnp.ones(dim))
     imms = jnp.broadcast_to(jnp.asarray(imm, positions.dtype), (num_chains,) + jnp.shape(imm))
-    num_groups = 1 if mesh is None else mesh.devices.size
     fn = _window_adapt_fn(target, method, num_warmup, dense, float(target_accept), float(initial_step_size),
-                          seeded, tuple(sorted(extra.items())), chain_method, num_groups)
+                          seeded, tuple(sorted(extra.items())), chain_method, mesh)
     keys = shard_chains(jax.random.split(key, num_chains), mesh)
     state, step_size, imm_out, n_grads = fn(keys, shard_chains(positions, mesh), shard_chains(imms, mesh))
-    return state, step_size, imm_out, int(jnp.sum(n_grads))
+    # int64 on the host: the total can pass 2^31 for thousands of chains.
+    return state, step_size, imm_out, int(np.asarray(n_grads, np.int64).sum())
 
 
 def _mala_adapt(target, key, positions, num_warmup, *, target_accept, initial_step_size, mesh):
@@ -327,7 +353,9 @@ def sample(
         longest one; vectorized otherwise); see `sbi_kit.run.map_over_chains`.
       chunk_size, progress, checkpoint, checkpoint_every, devices, callback:
         passed to `run_chains`. With a checkpoint, a resumed run skips warmup
-        (the tuned parameters are part of the saved state).
+        (the tuned parameters are part of the saved state, so the returned
+        ``info`` then reports no warmup gradients or time for this call). A
+        checkpoint written by a different target or settings is refused.
 
     Returns:
       A `Trace` with ``positions (num_chains, draws, dim)`` and per-draw stats
@@ -346,7 +374,9 @@ def sample(
     num_warmup = _check_count(num_warmup, "num_warmup", 0)
     num_draws = _check_count(num_draws, "num_draws", 1)
     _check_step_size(step_size)
-    dense_mass = bool(dense_mass) and method != "mala"
+    if method == "mala" and (dense_mass or inverse_mass_matrix is not None):
+        raise ValueError("MALA has no mass matrix: dense_mass and inverse_mass_matrix apply to nuts and hmc only")
+    dense_mass = bool(dense_mass)
     imm = _check_inverse_mass_matrix(inverse_mass_matrix, target.dim, dense_mass)
     if target_accept is None:
         target_accept = 0.574 if method == "mala" else 0.8
@@ -360,6 +390,8 @@ def sample(
     elif chain_method not in CHAIN_METHODS:
         raise ValueError(f"unknown chain_method {chain_method!r}; choose one of {list(CHAIN_METHODS)}")
     num_integration_steps = _check_count(num_integration_steps, "num_integration_steps", 1)
+    check_run_args(num_draws, chunk_size=chunk_size, checkpoint=checkpoint,
+                   checkpoint_every=checkpoint_every, chain_method=chain_method)
 
     key_init, key_warmup, key_sample = jax.random.split(key, 3)
     if initial_positions is None:
@@ -415,6 +447,10 @@ def sample(
         spec.step, state, key_sample, num_draws, collect=collect, chunk_size=chunk_size,
         progress=progress, desc=f"{method} sampling", checkpoint=checkpoint,
         checkpoint_every=checkpoint_every, devices=devices, chain_method=chain_method, callback=callback,
+        run_id=run_fingerprint(target, method=method, num_warmup=num_warmup, dense_mass=dense_mass,
+                               target_accept=float(target_accept), step_size=step_size,
+                               max_num_doublings=max_num_doublings, num_integration_steps=num_integration_steps,
+                               chain_method=chain_method),
     )
     collected = dict(result.collected)
     positions_out = collected.pop("position")

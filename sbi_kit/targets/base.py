@@ -120,6 +120,10 @@ def check_position(target: Target, position: Array, *, batched: bool, what: str 
         raise ValueError(f"{what} has zero chains; need at least one")
     if not bool(jnp.all(jnp.isfinite(position))):
         raise ValueError(f"{what} contains NaN or infinite values")
+    # Match the log density's precision (e.g. float32 starts under x64 with a
+    # float64 model): samplers' branches need one dtype throughout.
+    out = jax.eval_shape(target.log_density, jax.ShapeDtypeStruct((target.dim,), position.dtype))
+    position = position.astype(jnp.result_type(position.dtype, out.dtype))
     logp = jax.vmap(target.log_density)(position) if batched else target.log_density(position)
     bad = ~jnp.isfinite(logp)
     if bool(jnp.any(bad)):

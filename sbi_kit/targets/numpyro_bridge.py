@@ -37,6 +37,11 @@ def _check_continuous(trace: dict) -> list[str]:
         fn = site["fn"]
         # Unwrap masked/independent/expanded distributions down to the base one.
         support = getattr(fn, "support", None)
+        if site.get("infer", {}).get("enumerate"):
+            raise ValueError(
+                f"numpyro model site {name!r} is marked for enumeration; sbi_kit does not "
+                "enumerate discrete sites. Marginalise it out by hand in the model."
+            )
         if support is not None and getattr(support, "is_discrete", False):
             raise ValueError(
                 f"numpyro model has a discrete latent site {name!r} "
@@ -73,10 +78,11 @@ def from_numpyro(model: Callable, *args, name: str | None = None, **kwargs) -> T
 
     trace = _model_trace(model, args, kwargs)
     latent_sites = _check_continuous(trace)
+    # numpyro.factor sites are observed `Unit` sites: prior terms, not data.
     observed = {
         n: np.asarray(s["value"])
         for n, s in trace.items()
-        if s["type"] == "sample" and s["is_observed"]
+        if s["type"] == "sample" and s["is_observed"] and type(s["fn"]).__name__ != "Unit"
     }
     deterministic = [n for n, s in trace.items() if s["type"] == "deterministic"]
 
@@ -134,10 +140,11 @@ def log_likelihood(target: Target, constrained: dict[str, Any], batch_ndims: int
     from numpyro.infer import log_likelihood as numpyro_log_likelihood
 
     latents = {k: constrained[k] for k in target.info["latent_sites"]}
-    return numpyro_log_likelihood(
+    loglik = numpyro_log_likelihood(
         target.info["model"],
         latents,
         *target.info["model_args"],
         batch_ndims=batch_ndims,
         **target.info["model_kwargs"],
     )
+    return {k: v for k, v in loglik.items() if k in target.info["observed"]}

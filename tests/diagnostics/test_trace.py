@@ -39,7 +39,21 @@ def test_numpyro_trace_to_arviz_groups_names_and_loo():
     x = trace.positions[0, 0]
     np.testing.assert_allclose(stats["lp"].values[0, 0], target.log_density(jnp.asarray(x)), rtol=1e-5)
     assert idata.posterior.attrs["sampler"] == "nuts"
-    assert trace.num_grad_evals == int(stats["n_steps"].sum())
+
+
+def test_factor_sites_are_not_likelihood_terms():
+    def model(x, y=None):
+        w = numpyro.sample("w", dist.Normal(jnp.zeros(2), 1.0).to_event(1))
+        numpyro.factor("ridge", -0.5 * jnp.sum(w**2))
+        with numpyro.plate("n", x.shape[0]):
+            numpyro.sample("y", dist.Normal(x @ w, 0.5), obs=y)
+
+    target = sbi_kit.from_numpyro(model, X, Y)
+    assert set(target.info["observed"]) == {"y"}
+    trace = sbi_kit.nuts(target, jax.random.PRNGKey(1), num_chains=2, num_warmup=100, num_draws=100, progress=False)
+    idata = trace.to_arviz()
+    assert list(idata.log_likelihood.data_vars) == ["y"]
+    assert np.isfinite(az.loo(idata).elpd_loo)
 
 
 def test_plain_target_trace_and_empty_interrupted_trace():

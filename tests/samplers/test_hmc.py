@@ -108,19 +108,51 @@ TARGET = sbi_kit.from_logdensity(lambda x: -0.5 * x @ x + jnp.log(x[0]), 2, name
         ({"initial_positions": jnp.ones((3, 2))}, "initial_positions has 3 chains but num_chains=4"),
         ({"step_size": -0.1}, "step_size must be positive"),
         ({"step_size": 0.0}, "step_size must be positive"),
+        ({"step_size": jnp.ones(4)}, "step_size must be a scalar"),
         ({"num_chains": 0}, "num_chains must be an int >= 1"),
         ({"method": "slice"}, "unknown method 'slice'"),
         ({"num_warmup": 0}, "num_warmup=0 needs an explicit step_size"),
         ({"inverse_mass_matrix": jnp.ones(3)}, r"inverse_mass_matrix must have shape \(2,\)"),
         ({"target_accept": 1.5}, r"target_accept must be in \(0, 1\)"),
+        ({"chunk_size": 0}, "chunk_size must be a positive int"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be a positive int"),
+        ({"checkpoint": "/nonexistent-folder/run.npz"}, "checkpoint folder does not exist"),
+        ({"chain_method": "parallel"}, "unknown chain_method 'parallel'"),
+        ({"method": "mala", "dense_mass": True}, "MALA has no mass matrix"),
     ],
 )
-def test_bad_input_raises_before_sampling(kwargs, message):
-    calls = []
+def test_bad_input_raises_before_warmup(kwargs, message, monkeypatch):
+    import sbi_kit.samplers.hmc as hmc_module
+
+    def no_warmup(*args, **kw):
+        raise AssertionError("warmup started before the input was validated")
+
+    monkeypatch.setattr(hmc_module, "_window_adapt", no_warmup)
+    monkeypatch.setattr(hmc_module, "_mala_adapt", no_warmup)
     with pytest.raises(ValueError, match=message):
-        sbi_kit.sample(TARGET, jax.random.PRNGKey(0), num_chains=kwargs.pop("num_chains", 4), num_warmup=kwargs.pop("num_warmup", 10),
-                       num_draws=10, progress=False, callback=lambda *a: calls.append(a), **kwargs)
-    assert calls == []
+        sbi_kit.sample(TARGET, jax.random.PRNGKey(0), num_chains=kwargs.pop("num_chains", 4),
+                       num_warmup=kwargs.pop("num_warmup", 10), num_draws=10, progress=False, **kwargs)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    ckpt = str(tmp_path / "run.npz")
+    kw = dict(num_chains=2, num_warmup=50, num_draws=20, progress=False, checkpoint=ckpt)
+    sbi_kit.nuts(gaussian(2), jax.random.PRNGKey(0), **kw)
+    with pytest.raises(ValueError, match="belongs to a different run"):
+        sbi_kit.nuts(gaussian(2, mean=np.full(2, 50.0)), jax.random.PRNGKey(0), **kw)
+    with pytest.raises(ValueError, match="belongs to a different run"):
+        sbi_kit.hmc(gaussian(2), jax.random.PRNGKey(0), **kw)
+    again = sbi_kit.nuts(gaussian(2), jax.random.PRNGKey(0), **kw)  # same run: resumes
+    assert again.info["resumed"] and again.num_draws == 20
+
+
+def test_float32_start_under_x64():
+    with jax.enable_x64(True):
+        target = sbi_kit.from_logdensity(lambda x: -0.5 * jnp.sum(x**2) * jnp.ones((), jnp.float64), 2)
+        x0 = jnp.zeros((2, 2), jnp.float32)
+        trace = sbi_kit.nuts(target, jax.random.PRNGKey(0), num_chains=2, num_warmup=20, num_draws=10,
+                             initial_positions=x0, progress=False)
+        assert trace.positions.dtype == np.float64
 
 
 def test_default_initial_positions_respect_support():
