@@ -281,7 +281,7 @@ def run_fingerprint(target, **settings) -> str:
 
 
 def clear_caches() -> None:
-    """Drop cached compiled loops (and the samplers' cached kernels)."""
+    """Drop the cached compiled chunk loops (they hold targets and executables alive)."""
     _build_chunk_fn.cache_clear()
 
 

@@ -275,14 +275,17 @@ def _window_adapt(target, method, key, positions, num_warmup, *, dense, target_a
     return state, step_size, imm_out, int(np.asarray(n_grads, np.int64).sum())
 
 
-def _mala_adapt(target, key, positions, num_warmup, *, target_accept, initial_step_size, mesh):
-    """Dual-averaging step-size adaptation per chain for MALA (blackjax's scheme)."""
+@functools.lru_cache(maxsize=16)
+def _mala_adapt_fn(target, num_warmup, target_accept, initial_step_size, mesh):
+    """Jitted dual-averaging MALA warmup over all chains, cached per settings."""
     from blackjax.adaptation.step_size import dual_averaging_adaptation
 
     da_init, da_update, da_final = dual_averaging_adaptation(target_accept)
     kernel = blackjax.mala.build_kernel()
 
-    def adapt_one(k, x):
+    def adapt_one(args):
+        k, x = args
+
         def body(carry, kk):
             chain, da = carry
             chain, info = kernel(kk, chain, target.log_density, jnp.exp(da.log_step_size))
@@ -292,8 +295,15 @@ def _mala_adapt(target, key, positions, num_warmup, *, target_accept, initial_st
         (chain, da), _ = jax.lax.scan(body, (chain0, da_init(initial_step_size)), jax.random.split(k, num_warmup))
         return chain, da_final(da)
 
+    # MALA's cost per step is fixed, so vectorising over chains loses nothing.
+    return jax.jit(lambda keys, positions: map_over_chains(adapt_one, (keys, positions), chain_method="vectorized", mesh=mesh))
+
+
+def _mala_adapt(target, key, positions, num_warmup, *, target_accept, initial_step_size, mesh):
+    """Dual-averaging step-size adaptation per chain for MALA (blackjax's scheme)."""
+    fn = _mala_adapt_fn(target, num_warmup, float(target_accept), float(initial_step_size), mesh)
     keys = shard_chains(jax.random.split(key, positions.shape[0]), mesh)
-    chain, step_size = jax.jit(jax.vmap(adapt_one))(keys, shard_chains(positions, mesh))
+    chain, step_size = fn(keys, shard_chains(positions, mesh))
     return chain, step_size, positions.shape[0] * num_warmup
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -58,6 +59,8 @@ class Target:
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.dim, np.integer):
+            object.__setattr__(self, "dim", int(self.dim))
         if not callable(self.log_density):
             raise TypeError(
                 f"Target.log_density must be callable, got {type(self.log_density).__name__}"

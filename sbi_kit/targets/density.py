@@ -7,6 +7,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sbi_kit.targets.base import Target
 
@@ -15,6 +16,8 @@ def _check_scalar_fn(fn: Callable, dim: int, what: str) -> None:
     # Trace once with abstract values: catches wrong output shapes before sampling.
     if not callable(fn):
         raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
+    if isinstance(dim, np.integer):
+        dim = int(dim)
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     out = jax.eval_shape(fn, jax.ShapeDtypeStruct((dim,), jnp.result_type(float)))
@@ -39,7 +42,7 @@ def from_logdensity(fn: Callable[[jax.Array], jax.Array], dim: int, *, name: str
       ValueError: if ``fn`` does not return a scalar for an input of shape ``(dim,)``.
     """
     _check_scalar_fn(fn, dim, "log density")
-    return Target(log_density=fn, dim=dim, name=name, **ground_truth)
+    return Target(log_density=fn, dim=int(dim), name=name, **ground_truth)
 
 
 def from_energy(fn: Callable[[jax.Array], jax.Array], dim: int, beta: float = 1.0, *, name: str = "energy", **ground_truth) -> Target:
@@ -63,4 +66,4 @@ def from_energy(fn: Callable[[jax.Array], jax.Array], dim: int, beta: float = 1.
     def log_density(x):
         return -beta * fn(x)
 
-    return Target(log_density=log_density, dim=dim, name=name, info={"energy": fn, "beta": beta}, **ground_truth)
+    return Target(log_density=log_density, dim=int(dim), name=name, info={"energy": fn, "beta": beta}, **ground_truth)
