@@ -18,7 +18,7 @@ from sbi_kit.samplers import (
 )
 from sbi_kit.samplers.hmc import hmc
 from sbi_kit.targets import Target, from_energy, from_logdensity, from_numpyro
-from sbi_kit.thinning import thin
+from sbi_kit.thinning import SteinKernel, compress_pp, coreset_mmd, kernel_thinning, kt_split, kt_swap, thin
 
 __version__ = "0.1.0"
 
@@ -27,5 +27,6 @@ __all__ = [
     "ess_per_grad", "ess_per_second", "is_ess", "ksd", "mmd",
     "build_hmc", "build_mala", "build_nuts", "from_energy", "from_logdensity",
     "from_numpyro", "hmc", "mala", "nuts", "run_chains", "sample",
+    "SteinKernel", "compress_pp", "coreset_mmd", "kernel_thinning", "kt_split", "kt_swap",
     "thin", "uniform_initial_positions",
 ]

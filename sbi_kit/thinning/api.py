@@ -275,7 +275,9 @@ def thin_idata(idata, size: int, *, per_chain: bool = False, var_names=None, sta
     """Thin an ArviZ `InferenceData`; see `thin`. Returns a new `InferenceData`.
 
     The coreset is chosen on the (optionally standardised) flattened values of
-    ``var_names`` (default: all posterior variables). Pooled: draws of all
+    ``var_names`` (default: all posterior variables). ``weights`` may be a
+    ``(chain, draw)`` array or the name of a sample_stats variable holding log
+    importance weights (e.g. ``"log_weight"``). Pooled: draws of all
     chains are thinned together and the result has one chain of ``size``
     draws. Per chain: each chain is thinned to ``size`` draws in one vmapped
     call. Every group whose ``(chain, draw)`` axes match the posterior's
@@ -292,6 +294,14 @@ def thin_idata(idata, size: int, *, per_chain: bool = False, var_names=None, sta
     C, D = post.sizes["chain"], post.sizes["draw"]
     M = _posterior_matrix(post, var_names)
     w = kwargs.pop("weights", None)
+    if isinstance(w, str):
+        # Name of a sample_stats variable holding log importance weights.
+        if "sample_stats" not in idata.groups() or w not in idata.sample_stats:
+            raise ValueError(f"weights={w!r}: no such variable in sample_stats")
+        lw = np.asarray(idata.sample_stats[w].transpose("chain", "draw").values, dtype=np.float64)
+        if np.any(np.isnan(lw)) or np.any(lw == np.inf):
+            raise ValueError(f"log weights {w!r} contain NaN or +inf")
+        w = np.exp(lw - lw.max(axis=1 if per_chain else None, keepdims=True))
     if per_chain:
         idx, _ = thin_array(M, size, weights=w, standardize=standardize, **kwargs)
         idx = np.asarray(idx)
@@ -367,7 +377,8 @@ def thin(
       key: PRNG key (default ``jax.random.key(0)``: deterministic).
       bandwidth: kernel bandwidth; default the median heuristic.
       weights: non-negative input weights ``(n,)`` (``(problems, n)``; for an
-        InferenceData ``(chain, draw)``), e.g. importance weights.
+        InferenceData ``(chain, draw)`` or the name of a sample_stats variable
+        of log weights, e.g. ``"log_weight"``), e.g. importance weights.
       score: target score ``(d,) -> (d,)`` or a `Target`, for ``kernel="stein"``:
         the coreset then approximates the target, not the input.
       alpha: power-kernel exponent for ``"power-kt"`` / ``"kt+"``.

@@ -35,6 +35,8 @@ from sbi_kit.thinning.tiles import DEFAULT_TILE
 
 Array = jax.Array
 
+NODE_TILE = 128
+
 
 def kt_halve(
     key: Array,
@@ -44,6 +46,7 @@ def kt_halve(
     delta: float,
     *,
     swap: bool = True,
+    repeats: bool = False,
     tile: int = SPLIT_TILE,
 ) -> Array:
     """Halve the points ``X[seq]`` with kernel thinning: ``(L,) -> (L // 2,)`` indices into X.
@@ -51,7 +54,9 @@ def kt_halve(
     With ``swap`` (as goodpoints' Compress), one KT-SPLIT round is followed by
     KT-SWAP against the node's own points (unique output). Without it, the
     halving is *symmetrised*: one of the two KT-SPLIT children, chosen by a
-    fair coin, which keeps the halving unbiased.
+    fair coin, which keeps the halving unbiased. ``repeats`` says ``seq`` may
+    hold an index twice (weighted input), so uniqueness is enforced on input
+    rows rather than positions.
     """
     L = seq.shape[0]
     k_split, k_coin = jax.random.split(key)
@@ -72,8 +77,13 @@ def kt_halve(
         L // 2,
         baseline=standard_thinning_positions(L, L // 2),
         unique=True,
-        ids=seq,
-        tile=min(DEFAULT_TILE, L),
+        # Only when needed: with a constant `seq` (unweighted input) XLA would
+        # otherwise constant-fold the relabelling sort at compile time.
+        ids=seq if repeats else None,
+        # Every node of a level is vmapped, so each node's tiles are
+        # multiplied by the node count: small tiles keep a level's memory at
+        # O(n) rather than O(nodes * tile^2).
+        tile=min(NODE_TILE, L),
     )
     return seq[best]
 
@@ -99,6 +109,7 @@ def compress(
     *,
     delta: float = 0.5,
     swap: bool = True,
+    repeats: bool = False,
 ) -> Array:
     """Compress without the root halving: ``seq (4^levels * leaf,) -> (2^(levels+1) leaf,)``.
 
@@ -116,6 +127,7 @@ def compress(
       levels: tree depth h >= 1 (static).
       delta: failure probability shared by all halvings.
       swap: KT-SWAP inside each halving.
+      repeats: ``seq`` may contain an index more than once (weighted input).
 
     Returns:
       int32 indices into X.
@@ -134,7 +146,7 @@ def compress(
         # of levels under a root child and n.
         delta_t = delta * L * L / (4 * leaf * max(levels - 1, 1) * N)
         ks = jax.random.split(keys[t - 1], groups.shape[0])
-        groups = jax.vmap(lambda k, s: kt_halve(k, kernel, X, s, delta_t, swap=swap))(ks, groups)
+        groups = jax.vmap(lambda k, s: kt_halve(k, kernel, X, s, delta_t, swap=swap, repeats=repeats))(ks, groups)
     return groups.reshape(-1)
 
 
@@ -172,7 +184,8 @@ def compress_pp(
     """
     n = X.shape[0]
     k_seq, k_drop, k_comp, k_thin = jax.random.split(key, 4)
-    if weights is None and inflate_size in (None, n):
+    weighted = not (weights is None and inflate_size in (None, n))
+    if not weighted:
         seq = jnp.arange(n, dtype=jnp.int32)
     else:
         w = jnp.ones((n,), X.dtype) if weights is None else weights.astype(X.dtype)
@@ -190,7 +203,8 @@ def compress_pp(
         m_final = num_rounds(2 ** (h + 1) * leaf, size)
         log2_sqrtn = max(h + g, m_final + 1)
         thin_frac = m_final / (m_final + 2**m_final * (log2_sqrtn - m_final)) if m_final > 0 else 1.0
-        inter = compress(k_comp, kernel, X, seq, h, delta=delta * (1 - thin_frac), swap=swap)
+        inter = compress(k_comp, kernel, X, seq, h, delta=delta * (1 - thin_frac), swap=swap,
+                         repeats=weighted)
         delta = delta * thin_frac
     # Final kernel thinning of the intermediate coreset, targeting its own
     # empirical measure (the full-input target would cost n^2).
@@ -206,8 +220,8 @@ def compress_pp(
         cand = inter[candidates]
         return kt_swap(kernel, X, cand, size, weights=w, baseline=inter[standard_thinning_positions(Ni, c)],
                        unique=unique, tile=tile)
-    # `ids=inter`: with weighted input the intermediate coreset can hold the
-    # same input row twice; uniqueness is about input rows, not positions.
+    # With weighted input the intermediate coreset can hold the same input row
+    # twice; uniqueness is then about input rows (`ids`), not positions.
     local = kt_swap(kernel, Xi, candidates, size, baseline=standard_thinning_positions(Ni, c), unique=unique,
-                    ids=inter, tile=min(tile, Ni))
+                    ids=inter if weighted else None, tile=min(tile, Ni))
     return jnp.sort(inter[local])

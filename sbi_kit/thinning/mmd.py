@@ -7,6 +7,8 @@ or to the target itself for a mean-zero Stein kernel), in O(n) memory.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -16,6 +18,7 @@ from sbi_kit.thinning.tiles import DEFAULT_TILE, kernel_matvec
 Array = jax.Array
 
 
+@functools.partial(jax.jit, static_argnames=("tile",))
 def coreset_mmd(
     kernel: Kernel,
     X: Array,
@@ -50,6 +53,7 @@ def coreset_mmd(
     return jnp.sqrt(jnp.maximum(quad, 0.0))
 
 
+@functools.partial(jax.jit, static_argnames=("tile",))
 def mmd_between(kernel: Kernel, X: Array, Y: Array, wx: Array | None = None, wy: Array | None = None,
                 *, tile: int = DEFAULT_TILE) -> Array:
     """``MMD_k`` between weighted samples ``X (n, d)`` and ``Y (m, d)`` (default uniform weights); scalar."""

@@ -34,6 +34,9 @@ def kernel_matvec(kernel: Kernel, X: Array, Y: Array, v: Array, tile: int = DEFA
     Padding rows of Y carry weight 0, so they never contribute.
     """
     n, m = X.shape[0], Y.shape[0]
+    if n <= tile and m <= tile:
+        # One tile: no loops, which also keeps compile times down.
+        return kernel.matrix(X, Y) @ v.astype(X.dtype)
     tr, tc = min(tile, n), min(tile, m)
     Xb = pad_rows(X, tr).reshape(-1, tr, X.shape[-1])
     Yb = pad_rows(Y, tc).reshape(-1, tc, Y.shape[-1])

@@ -236,6 +236,20 @@ def test_thin_inferencedata_per_chain():
         thin(idata, 16, var_names=["nope"])
 
 
+def test_thin_inferencedata_with_log_weights_from_sample_stats():
+    # Log weights stored in sample_stats give the same coreset as passing
+    # the (chain, draw) weights explicitly.
+    idata = _idata()
+    lw = idata.posterior["mu"].values.copy()  # reweight toward larger mu
+    idata.sample_stats["log_weight"] = (("chain", "draw"), lw)
+    a = thin(idata, 12, "gaussian", "kt", weights="log_weight")
+    b = thin(idata, 12, "gaussian", "kt", weights=np.exp(lw - lw.max()))
+    np.testing.assert_array_equal(a.posterior.attrs["thinning_draw"], b.posterior.attrs["thinning_draw"])
+    assert a.posterior["mu"].values.mean() > idata.posterior["mu"].values.mean()
+    with pytest.raises(ValueError, match="no such variable"):
+        thin(idata, 12, weights="nope")
+
+
 # --------------------------------------------------------------------------
 # bad input: raised before any heavy computation
 # --------------------------------------------------------------------------
