@@ -11,11 +11,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_run_bundled_model_writes_outputs(tmp_path, capsys):
-    code = main(["run", "--chains", "2", "--draws", "200", "--warmup", "200", "--out", str(tmp_path), "--no-progress"])
+    code = main(["run", "--chains", "2", "--draws", "200", "--warmup", "200", "--out", str(tmp_path),
+                 "--no-progress", "--thin", "16"])
     assert code == 0
     out = capsys.readouterr().out
     assert "mu" in out and "tau" in out and "r_hat" in out
-    for name in ("posterior.nc", "summary.csv", "trace.png", "pair.png"):
+    assert "400 draws -> 16 points" in out
+    coreset = az.from_netcdf(tmp_path / "coreset.nc")
+    assert coreset.posterior["theta"].shape == (1, 16, 8)
+    for name in ("posterior.nc", "summary.csv", "trace.png", "pair.png", "coreset.nc", "coreset.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     idata = az.from_netcdf(tmp_path / "posterior.nc")
     assert idata.posterior["theta"].shape == (2, 200, 8)
@@ -44,6 +48,10 @@ def test_bad_counts_and_missing_file(capsys, tmp_path):
     assert "expected a positive integer, got 0" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "nope.py"), "--out", str(tmp_path)]) == 2
     assert "model file not found" in capsys.readouterr().err
+    assert main(["run", "--chains", "2", "--draws", "10", "--thin", "50", "--out", str(tmp_path)]) == 2
+    assert "--thin 50 is larger than the 20 draws" in capsys.readouterr().err
+    assert main(["run", "--warmup", "0", "--out", str(tmp_path)]) == 2
+    assert "--warmup 0 needs --step-size" in capsys.readouterr().err
     bad = tmp_path / "bad.py"
     bad.write_text("data = {}\n")
     with pytest.raises(ValueError, match="must define a callable `model`"):
