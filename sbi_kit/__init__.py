@@ -16,6 +16,7 @@ from sbi_kit.samplers import (
     sample,
     uniform_initial_positions,
 )
+from sbi_kit.samplers.ensemble import aldi, eks, ensemble_score, from_blackbox
 from sbi_kit.samplers.hmc import hmc
 from sbi_kit.targets import Target, from_energy, from_logdensity, from_numpyro
 from sbi_kit.thinning import SteinKernel, compress_pp, coreset_mmd, kernel_thinning, kt_split, kt_swap, thin
@@ -23,7 +24,7 @@ from sbi_kit.thinning import SteinKernel, compress_pp, coreset_mmd, kernel_thinn
 __version__ = "0.1.0"
 
 __all__ = [
-    "RunResult", "SamplerSpec", "Target", "Trace", "TunedState", "energy_distance",
+    "RunResult", "SamplerSpec", "aldi", "eks", "ensemble_score", "from_blackbox", "Target", "Trace", "TunedState", "energy_distance",
     "ess_per_grad", "ess_per_second", "is_ess", "ksd", "mmd",
     "build_hmc", "build_mala", "build_nuts", "from_energy", "from_logdensity",
     "from_numpyro", "hmc", "mala", "nuts", "run_chains", "sample",

@@ -4,6 +4,7 @@ The top-level functions (`sbi_kit.nuts`, `sbi_kit.hmc`, ...) are re-exported
 from `sbi_kit`; here the submodule names (`sbi_kit.samplers.hmc`) stay modules.
 """
 
+from sbi_kit.samplers.ensemble import EvalCounter, aldi, eks, ensemble_score, from_blackbox
 from sbi_kit.samplers.hmc import (
     SamplerSpec,
     TunedState,
@@ -17,6 +18,7 @@ from sbi_kit.samplers.hmc import (
 )
 
 __all__ = [
+    "EvalCounter", "aldi", "eks", "ensemble_score", "from_blackbox",
     "SamplerSpec", "TunedState", "build_hmc", "build_mala", "build_nuts",
     "mala", "nuts", "sample", "uniform_initial_positions",
 ]
