@@ -16,6 +16,9 @@ from sbi_kit.samplers import (
     sample,
     uniform_initial_positions,
 )
+from sbi_kit import flows
+from sbi_kit.flows import Flow, FlowConfig, fit_forward_kl, fit_reverse_kl, load_flow, make_flow, save_flow
+from sbi_kit.samplers.flow_hmc import flow_hmc
 from sbi_kit.samplers.ensemble import aldi, eks, ensemble_score, from_blackbox
 from sbi_kit.samplers.hmc import hmc
 from sbi_kit.targets import Target, from_energy, from_logdensity, from_numpyro
@@ -24,6 +27,8 @@ from sbi_kit.thinning import SteinKernel, compress_pp, coreset_mmd, kernel_thinn
 __version__ = "0.1.0"
 
 __all__ = [
+    "Flow", "FlowConfig", "fit_forward_kl", "fit_reverse_kl", "flow_hmc", "flows", "load_flow",
+    "make_flow", "save_flow",
     "RunResult", "SamplerSpec", "aldi", "eks", "ensemble_score", "from_blackbox", "Target", "Trace", "TunedState", "energy_distance",
     "ess_per_grad", "ess_per_second", "is_ess", "ksd", "mmd",
     "build_hmc", "build_mala", "build_nuts", "from_energy", "from_logdensity",

@@ -85,7 +85,6 @@ def load_flow(path: str | os.PathLike) -> Flow:
                 f"{npz_path}: array {k!r} has shape {stored[k].shape} {stored[k].dtype}, "
                 f"expected {v.shape} {v.dtype}"
             )
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     names = list(expected)
     params = jax.tree_util.tree_unflatten(
         jax.tree_util.tree_structure(template), [jax.numpy.asarray(stored[n]) for n in names]

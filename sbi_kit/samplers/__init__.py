@@ -5,6 +5,7 @@ from `sbi_kit`; here the submodule names (`sbi_kit.samplers.hmc`) stay modules.
 """
 
 from sbi_kit.samplers.ensemble import EvalCounter, aldi, eks, ensemble_score, from_blackbox
+from sbi_kit.samplers.flow_hmc import FlowSampler, FlowStepInfo, build_flow_sampler, flow_hmc, independence_mh, pullback_target
 from sbi_kit.samplers.hmc import (
     SamplerSpec,
     TunedState,
@@ -19,6 +20,7 @@ from sbi_kit.samplers.hmc import (
 
 __all__ = [
     "EvalCounter", "aldi", "eks", "ensemble_score", "from_blackbox",
+    "FlowSampler", "FlowStepInfo", "build_flow_sampler", "flow_hmc", "independence_mh", "pullback_target",
     "SamplerSpec", "TunedState", "build_hmc", "build_mala", "build_nuts",
     "mala", "nuts", "sample", "uniform_initial_positions",
 ]
