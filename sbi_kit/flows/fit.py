@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sbi_kit.flows.flow import Flow
+from sbi_kit.flows.flow import Flow, check_flow_for_target
 from sbi_kit.targets.base import Target
 
 Array = jax.Array
@@ -209,14 +209,7 @@ def fit_reverse_kl(
       ValueError: dimension mismatch, conditional flow, bad settings.
       NonFiniteLossError: a step's loss or gradient was non-finite (a ValueError).
     """
-    if not isinstance(flow, Flow):
-        raise TypeError(f"flow must be a sbi_kit Flow, got {type(flow).__name__}")
-    if flow.dim != target.dim:
-        raise ValueError(
-            f"flow dimension {flow.dim} differs from target {target.name!r} dimension {target.dim}"
-        )
-    if flow.config.context_dim:
-        raise ValueError("reverse-KL fitting needs an unconditional flow (context_dim=0)")
+    check_flow_for_target(flow, target, "reverse-KL fitting")
     num_steps = _check_int(num_steps, "num_steps", 0)
     batch_size = _check_int(batch_size, "batch_size", 1)
     anneal_steps = _check_int(anneal_steps, "anneal_steps", 0)

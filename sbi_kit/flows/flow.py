@@ -322,3 +322,25 @@ def standardize(flow: Flow, loc, scale) -> Flow:
     params["loc"] = jnp.asarray(loc, flow.dtype)
     params["log_scale"] = jnp.asarray(np.log(scale), flow.dtype)
     return flow.replace(params=params)
+
+
+def check_flow_for_target(flow: "Flow", target, purpose: str) -> None:
+    """Raise unless ``flow`` is an unconditional `Flow` of ``target``'s dimension.
+
+    Args:
+      flow: the flow to check.
+      target: a `Target` (anything with ``dim`` and ``name``).
+      purpose: what needs the flow, for the error message (e.g. "flow_hmc").
+
+    Raises:
+      TypeError: not a `Flow`.
+      ValueError: dimension mismatch, or a conditional flow.
+    """
+    if not isinstance(flow, Flow):
+        raise TypeError(f"flow must be a sbi_kit Flow, got {type(flow).__name__}")
+    if flow.dim != target.dim:
+        raise ValueError(
+            f"flow dimension {flow.dim} differs from target {target.name!r} dimension {target.dim}"
+        )
+    if flow.config.context_dim:
+        raise ValueError(f"{purpose} needs an unconditional flow (context_dim=0)")

@@ -40,7 +40,7 @@ import numpy as np
 
 from sbi_kit.diagnostics.trace import Trace
 from sbi_kit.flows import Flow, fit_forward_kl, fit_reverse_kl, make_flow
-from sbi_kit.flows.flow import base_log_prob
+from sbi_kit.flows.flow import base_log_prob, check_flow_for_target
 from sbi_kit.run import CHAIN_METHODS, chain_mesh, default_chain_method, map_over_chains, run_chains, shard_chains
 from sbi_kit.samplers.hmc import (
     TunedState,
@@ -239,14 +239,7 @@ def build_flow_sampler(
 
 
 def _check_flow(flow: Flow, target: Target) -> None:
-    if not isinstance(flow, Flow):
-        raise TypeError(f"flow must be a sbi_kit Flow, got {type(flow).__name__}")
-    if flow.dim != target.dim:
-        raise ValueError(
-            f"flow dimension {flow.dim} differs from target {target.name!r} dimension {target.dim}"
-        )
-    if flow.config.context_dim:
-        raise ValueError("flow_hmc needs an unconditional flow (context_dim=0)")
+    check_flow_for_target(flow, target, "flow_hmc")
 
 
 def _collector(sampler: FlowSampler, target: Target, local: str):
