@@ -206,6 +206,7 @@ def ensemble_score(
     corr_acc = np.zeros((num_ensembles, 0))
     corr_evals = np.zeros((num_ensembles, 0), np.int64)
     corr_invalid = 0
+    corr_interrupted = False
     if num_correction_steps and not res.interrupted:
         mh_step = build_kde_mh(target, bandwidth_factor=bandwidth_factor)
         corr = run_chains(
@@ -214,6 +215,7 @@ def ensemble_score(
             progress=progress, desc="KDE-MH correction", devices=devices,
         )
         x, lp = corr.state.x, corr.state.logp
+        corr_interrupted = corr.interrupted  # a partial correction is flagged, not hidden
         corr_acc = np.asarray(corr.collected.accepted)  # (E, steps, N)
         corr_evals = np.asarray(corr.collected.num_target_evals)
         corr_invalid = int(np.sum(corr.collected.num_invalid))
@@ -244,7 +246,7 @@ def ensemble_score(
     }
     return Trace(
         positions=np.asarray(x), stats=stats, target=target, sampler="ensemble_score",
-        info=info, interrupted=res.interrupted,
+        info=info, interrupted=bool(res.interrupted or corr_interrupted),
     )
 
 
@@ -305,6 +307,9 @@ def _ensemble_langevin(
             chunk_size=_divisor_chunk(num_warmup, None), progress=progress,
             desc=f"{method} warmup", devices=devices,
         )
+        if warm.interrupted:
+            # No draws are kept from warm-up: Ctrl-C there stops the call.
+            raise KeyboardInterrupt(f"{method} interrupted during warm-up")
         state = warm.state
         warm_evals = int(np.sum(warm.collected))
     warmup_time = time.perf_counter() - t0

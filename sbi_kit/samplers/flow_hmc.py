@@ -41,7 +41,7 @@ import numpy as np
 from sbi_kit.diagnostics.trace import Trace
 from sbi_kit.flows import Flow, fit_forward_kl, fit_reverse_kl, make_flow
 from sbi_kit.flows.flow import base_log_prob, check_flow_for_target
-from sbi_kit.run import CHAIN_METHODS, chain_mesh, default_chain_method, map_over_chains, run_chains, shard_chains
+from sbi_kit.run import CHAIN_METHODS, chain_mesh, default_chain_method, map_over_chains, run_chains, run_fingerprint, shard_chains
 from sbi_kit.samplers.hmc import (
     TunedState,
     build_hmc,
@@ -238,6 +238,16 @@ def build_flow_sampler(
     return FlowSampler(spec.init, step, to_sampling, to_target, sampling_target)
 
 
+def _params_digest(flow: Flow) -> str:
+    """A hash of a flow's parameter values and config (for checkpoint matching)."""
+    import hashlib
+
+    h = hashlib.sha256(repr(flow.config).encode())
+    for leaf in jax.tree.leaves(flow.params):
+        h.update(np.asarray(leaf).tobytes())
+    return h.hexdigest()
+
+
 def _check_flow(flow: Flow, target: Target) -> None:
     check_flow_for_target(flow, target, "flow_hmc")
 
@@ -400,8 +410,11 @@ def flow_hmc(
       num_refits: forward-KL re-fits during warm-up, >= 0.
       refit_steps: maximum optimiser steps of each re-fit.
       num_chains: chains, >= 1.
-      num_warmup: warm-up transitions per chain in all, >= 0 (0: no
-        adaptation, step size 0.1 and unit mass).
+      num_warmup: adaptation steps per chain, >= 0, split evenly over the
+        ``num_refits + 1`` stages; each re-fit stage also runs that many
+        plain transitions to collect draws for the re-fit (so the warm-up
+        makes up to about ``2 * num_warmup`` transitions). 0 (with
+        ``num_refits=0``): no adaptation, step size 0.1 and unit mass.
       num_draws: kept draws per chain, >= 1.
       local: local kernel, ``"nuts"``, ``"hmc"`` or ``"mala"``.
       target_accept: local kernel's target acceptance (0.8; 0.574 for MALA).
@@ -503,6 +516,9 @@ def flow_hmc(
         warmup_grads += grads
         res = run_chains(sampler.step, state, k_run, stage, collect=_collector(sampler, target, local),
                          progress=False, devices=devices, chain_method=chain_method)
+        if res.interrupted:
+            # No draws exist before production: Ctrl-C in warm-up stops the call.
+            raise KeyboardInterrupt(f"flow_hmc interrupted during warm-up stage {r + 1} of {num_refits}")
         warmup_grads += int(np.sum(res.collected["num_grad_evals"]))
         draws = res.collected["position"]
         pool.append(draws.reshape(-1, target.dim))
@@ -533,6 +549,10 @@ def flow_hmc(
         chunk_size=chunk_size, progress=progress, desc=f"flow_hmc ({variant})",
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, devices=devices,
         chain_method=chain_method,
+        # The frozen flow's parameters are part of the fingerprint: a resumed
+        # run must restore latent states under the very same flow.
+        run_id=run_fingerprint(target, flow=_params_digest(flow), **kernel_kw, target_accept=float(target_accept),
+                               num_warmup=num_warmup, num_refits=num_refits, chain_method=chain_method),
     )
     collected = dict(result.collected)
     positions = collected.pop("position")

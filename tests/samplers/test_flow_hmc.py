@@ -121,3 +121,15 @@ def test_bad_input():
         flow_hmc(target, jax.random.PRNGKey(0), num_warmup=3, num_refits=2)
     with pytest.raises(ValueError, match="conditional|unconditional"):
         flow_hmc(target, jax.random.PRNGKey(0), flow=make_flow(jax.random.PRNGKey(0), 3, context_dim=1))
+
+
+def test_checkpoint_resumes_only_under_the_same_flow(tmp_path):
+    target = gaussian(2)
+    ckpt = str(tmp_path / "flow.npz")
+    kw = dict(variant="neutra", local="mala", num_chains=2, num_warmup=40, num_refits=0,
+              num_draws=30, progress=False, checkpoint=ckpt)
+    full = flow_hmc(target, jax.random.PRNGKey(5), num_train_steps=5, **kw)
+    again = flow_hmc(target, jax.random.PRNGKey(5), num_train_steps=5, **kw)  # same run: resumed
+    np.testing.assert_array_equal(again.positions, full.positions)
+    with pytest.raises(ValueError, match="belongs to a different run"):
+        flow_hmc(target, jax.random.PRNGKey(5), num_train_steps=6, **kw)  # another flow
