@@ -319,3 +319,70 @@ def test_trace_inputs_use_positions_and_run_metadata():
     assert r.cost == 2 * 150 * 5.0
     assert M.ess_per_grad(trace, include_warmup=True).cost == r.cost + 40.0
     assert M.ess_per_second(trace).min == pytest.approx(r.min * r.cost / 3.0)
+
+
+# --- NaN per-parameter ESS and KSD coordinates --------------------------------------------
+
+
+def test_ess_rate_min_ignores_nan_ess_with_a_warning():
+    rng = np.random.default_rng(21)
+    # A site with NaN ESS (arviz gives NaN when a site's draws are NaN, and for
+    # constant deterministic sites in some versions) must not poison `min`.
+    post = {"a": rng.standard_normal((2, 200)), "c": np.full((2, 200), np.nan)}
+    idata = az.from_dict(posterior=post, sample_stats={"num_grad_evals": np.full((2, 200), 3.0)})
+    ess_a = float(az.ess(az.from_dict(posterior={"a": post["a"]}), method="bulk")["a"])
+    with pytest.warns(RuntimeWarning, match=r"NaN for \['c'\]"):
+        r = M.ess_per_grad(idata)
+    assert np.isnan(r.per_parameter["c"])
+    assert r.min == pytest.approx(ess_a / r.cost)
+    # Only NaN left: min is NaN, still with the warning.
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        assert math.isnan(M.ess_per_second(idata, wall_time=1.0, var_names=["c"]).min)
+
+
+def test_ess_rate_min_nan_from_constant_site(monkeypatch):
+    idata, _ = _idata()
+    real_ess = az.ess
+
+    def ess_with_nan(*args, **kwargs):  # an arviz that reports NaN for a constant site
+        ds = real_ess(*args, **kwargs)
+        ds["a"] = ds["a"] * np.nan
+        return ds
+
+    monkeypatch.setattr(az, "ess", ess_with_nan)
+    with pytest.warns(RuntimeWarning, match=r"\['a'\]"):
+        r = M.ess_per_grad(idata)
+    assert r.min == pytest.approx(float(np.min(r.per_parameter["b"])))
+
+
+def test_ksd_rejects_constrained_numpyro_inference_data():
+    numpyro = pytest.importorskip("numpyro")
+    import numpyro.distributions as dist
+
+    from sbi_kit.diagnostics.trace import Trace
+    from sbi_kit.targets import from_numpyro
+
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+        numpyro.sample("obs", dist.Normal(mu, sigma), obs=y)
+
+    target = from_numpyro(model, y=jnp.array([0.3, -0.2, 0.5]))
+    positions = np.random.default_rng(22).standard_normal((2, 60, target.dim)).astype(np.float32)
+    trace = Trace(
+        positions=positions,
+        stats={"num_grad_evals": np.ones((2, 60))},
+        target=target,
+        sampler="test",
+        info={},
+    )
+    idata = trace.to_arviz()
+    for fn in (M.ksd, M.ksd_squared):
+        with pytest.raises(ValueError, match="unconstrained"):
+            fn(idata, target)
+        with pytest.raises(ValueError, match="unconstrained"):
+            fn(idata.posterior, target)
+    # Unconstrained draws (the Trace, or its positions) are accepted and agree.
+    value = M.ksd(trace, target)
+    assert math.isfinite(value) and value >= 0.0
+    assert M.ksd(positions, target) == pytest.approx(value, rel=1e-6)
