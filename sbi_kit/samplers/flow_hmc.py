@@ -43,6 +43,7 @@ from sbi_kit.flows import Flow, fit_forward_kl, fit_reverse_kl, make_flow
 from sbi_kit.flows.flow import base_log_prob, check_flow_for_target
 from sbi_kit.run import CHAIN_METHODS, chain_mesh, default_chain_method, map_over_chains, run_chains, run_fingerprint, shard_chains
 from sbi_kit.samplers.hmc import (
+    _check_count,
     TunedState,
     build_hmc,
     build_mala,
@@ -277,12 +278,6 @@ def _collector(sampler: FlowSampler, target: Target, local: str):
         return out
 
     return collect
-
-
-def _check_count(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _adapt(sampler: FlowSampler, local, key, u, n_steps, *, target_accept, max_num_doublings,
