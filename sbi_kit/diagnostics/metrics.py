@@ -24,54 +24,10 @@ median heuristic, IMQ-kernel KSD, IS ESS normalised to (0, 1]).
 
 from __future__ import annotations
 
-from sbi_kit.diagnostics.benchmark_metrics import (  # noqa: F401
-    _mode_inputs,
-    _nearest_mode,
-    log_z_error,
-    mode_weight_error,
-    mode_weights,
-)
-from sbi_kit.diagnostics.discrepancy import (  # noqa: F401
-    _check_ksd_coordinates,
-    _resolve_kernel,
-    _score_fn,
-    _scores,
-    _stein_kernel,
-    _stein_sums,
-    energy_distance,
-    ksd,
-    ksd_squared,
-    mmd,
-    mmd_squared,
-)
-from sbi_kit.diagnostics.draws import (  # noqa: F401
-    _as_3d,
-    _check_block_size,
-    _checked,
-    _checked_pair,
-    _is_inference_data,
-    _posterior_as_3d,
-    draws_as_array,
-)
-from sbi_kit.diagnostics.efficiency import (  # noqa: F401
-    EssRate,
-    _ess,
-    _grad_count,
-    _rate,
-    _run_attr,
-    _to_idata,
-    ess_per_grad,
-    ess_per_second,
-    is_ess,
-)
-from sbi_kit.diagnostics.pairwise import (  # noqa: F401
-    _STATIONARY,
-    _distance_tile,
-    _kernel_tile,
-    _median_bandwidth,
-    _tile_loop,
-    _two_sample_sums,
-)
+from sbi_kit.diagnostics.benchmark_metrics import log_z_error, mode_weight_error, mode_weights
+from sbi_kit.diagnostics.discrepancy import energy_distance, ksd, ksd_squared, mmd, mmd_squared
+from sbi_kit.diagnostics.draws import draws_as_array
+from sbi_kit.diagnostics.efficiency import EssRate, ess_per_grad, ess_per_second, is_ess
 
 __all__ = [
     "EssRate",
