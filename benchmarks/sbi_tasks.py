@@ -15,10 +15,12 @@ Methods:
   nle     `NLE(prior, flow=FLOW).fit` once, NUTS per observation (``--chains`` chains)
   nre     `NRE(prior).fit` once (10 atoms), NUTS per observation
 
-FLOW = rational-quadratic spline, 5 coupling layers, (50, 50) conditioners,
-10 bins (sbibm's NSF size: 5 transforms, 50 hidden features, 10 bins).
+FLOW = sbi_kit's default NPE/NLE flow, sbibm's NSF: rational-quadratic spline,
+5 coupling layers with 10 bins, residual conditioners (2 blocks of 50 units),
+an LU linear layer after each coupling (``--flow`` overrides options).
 Training: sbi_kit defaults (Adam 5e-4, batches of 200, 10% validation,
-patience 20, at most 500 epochs).
+patience 20, then two restarts from the best parameters at 1/10 the learning
+rate (``lr_decays=2``; NRE: none), at most 500 epochs).
 
 Also ``--c2st-vs-sklearn``: our JAX C2ST against sbibm's sklearn C2ST (needs
 scikit-learn) on a few sample pairs, 3 seeds each.
@@ -49,7 +51,7 @@ import _sbibm_reference as ref  # noqa: E402
 from sbi_kit.models.sbi_tasks import TASKS, get_task  # noqa: E402
 from sbi_kit.sbi.diagnostics import c2st  # noqa: E402
 
-FLOW = {"kind": "spline", "num_layers": 5, "hidden": (50, 50), "num_bins": 10}
+FLOW = {"kind": "spline", "num_layers": 5, "hidden": (50, 50), "num_bins": 10, "conditioner": "resnet", "lu_layers": True}
 # sbibm's published NPE (SNPE-C, NSF) mean C2ST at 10^4 simulations (Lueckmann et al. 2021, Fig. 2).
 SBIBM_NPE_1E4 = {"two_moons": 0.61, "slcp": 0.90, "gaussian_linear": 0.55, "gaussian_mixture": 0.62,
                  "lotka_volterra": 1.00}
@@ -71,21 +73,22 @@ def _emit(row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
-def _fit_amortised(method, key, task, budget):
+def _fit_amortised(method, key, task, budget, flow=FLOW, batch_size=None):
     from sbi_kit.sbi import NLE, NPE, NRE, simulate
 
     k_sim, k_fit = jax.random.split(key)
     t0 = time.perf_counter()
     sims = simulate(k_sim, task.prior, task.simulator, budget)
     t_sim = time.perf_counter() - t0
+    fit_kw = {} if batch_size is None else {"batch_size": batch_size}
     if method == "npe":
-        est = NPE(task.prior, flow=FLOW)
+        est = NPE(task.prior, flow=flow)
     elif method == "nle":
-        est = NLE(task.prior, flow=FLOW)
+        est = NLE(task.prior, flow=flow)
     else:
         est = NRE(task.prior)
     t0 = time.perf_counter()
-    post = est.fit(k_fit, sims.theta, sims.x)
+    post = est.fit(k_fit, sims.theta, sims.x, **fit_kw)
     jax.block_until_ready(jax.tree.leaves(post.params))
     return post, t_sim, time.perf_counter() - t0, int(sims.num_invalid)
 
@@ -95,11 +98,11 @@ def run_task(task_name, method, budget, observations, args, key):
     x_obs = np.stack([ref.observation(task_name, i, args.sbibm_wheel) for i in observations])
     n = args.num_samples
     base = {"benchmark": "sbi_tasks", "task": task_name, "method": method, "num_simulations": budget,
-            "num_samples": n}
+            "num_samples": n, "flow": args.flow, "batch_size": args.batch_size}
     samples, times = {}, {}
     k_fit, k_draw = jax.random.split(key)
     if method in ("npe", "nle", "nre"):
-        post, t_sim, t_train, invalid = _fit_amortised(method, k_fit, task, budget)
+        post, t_sim, t_train, invalid = _fit_amortised(method, k_fit, task, budget, args.flow, args.batch_size)
         times.update(simulate_s=round(t_sim, 2), train_s=round(t_train, 2), num_invalid=invalid,
                      epochs=int(post.info.epochs) if getattr(post, "info", None) is not None else None)
         t0 = time.perf_counter()
@@ -124,7 +127,7 @@ def run_task(task_name, method, budget, observations, args, key):
             post = truncated_snpe(k_run, task.prior, task.simulator,
                                   jnp.asarray(ref.observation(task_name, obs, args.sbibm_wheel)),
                                   num_rounds=args.rounds, simulations_per_round=per_round,
-                                  estimator=NPE(task.prior, flow=FLOW))
+                                  estimator=NPE(task.prior, flow=args.flow))
             samples[obs] = np.asarray(post.sample(k_s, n, jnp.asarray(ref.observation(task_name, obs, args.sbibm_wheel),
                                                                         post.dtype)))
             t_total += time.perf_counter() - t0
@@ -200,12 +203,16 @@ def main(argv=None):
     parser.add_argument("--chains", type=int, default=10, help="NUTS chains for NLE/NRE")
     parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up steps for NLE/NRE")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flow", default="{}", help="JSON of flow options over the default FLOW, "
+                        'e.g. \'{"conditioner": "mlp", "lu_layers": false}\'')
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: NPE's)")
     parser.add_argument("--sbibm-wheel", default=None,
                         help=f"path of the sbibm 1.1.0 wheel (default ${ref.ENV_VAR} or {ref.DEFAULT_WHEEL})")
     parser.add_argument("--quick", action="store_true", help="smoke run: two_moons, NPE, 1000 sims, 2 obs, 1000 samples")
     parser.add_argument("--c2st-vs-sklearn", action="store_true")
     args = parser.parse_args(argv)
     ref.wheel_path(args.sbibm_wheel)  # fail early with the setup command
+    args.flow = {**FLOW, **json.loads(args.flow)}
     if args.quick:
         args.tasks, args.budgets, args.observations, args.num_samples = "two_moons", "1000", "1-2", 1000
     _emit({"benchmark": "sbi_tasks", "kind": "command", "command": "python benchmarks/sbi_tasks.py " + " ".join(

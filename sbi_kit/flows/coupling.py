@@ -22,8 +22,9 @@ from typing import Sequence
 import distrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from sbi_kit.flows.networks import init_mlp, mlp_apply
+from sbi_kit.flows.networks import init_net, net_apply
 
 Array = jax.Array
 
@@ -31,6 +32,9 @@ KINDS = ("affine", "spline")
 
 # Soft bound on the raw spline parameters (see `coupling_bijector`).
 SPLINE_PARAM_CLAMP = 3.0
+
+# Smallest diagonal entry of an LU layer's U (keeps it invertible in float32).
+LU_MIN_DIAG = 1e-3
 
 
 def params_per_dim(kind: str, num_bins: int) -> int:
@@ -42,13 +46,39 @@ def params_per_dim(kind: str, num_bins: int) -> int:
     raise ValueError(f"unknown coupling kind {kind!r}; choose one of {list(KINDS)}")
 
 
-def init_coupling(key: Array, dim: int, context_dim: int, hidden: Sequence[int], kind: str, num_bins: int, dtype) -> dict:
-    """Parameters ``{"net": mlp}`` of one coupling layer (the identity map at init).
+def init_coupling(key: Array, dim: int, context_dim: int, hidden: Sequence[int], kind: str, num_bins: int, dtype,
+                  conditioner: str = "mlp") -> dict:
+    """Parameters ``{"net": network}`` of one coupling layer (the identity map at init).
 
-    The MLP maps ``(dim + context_dim,)`` to ``(dim * params_per_dim,)``.
+    The network (`sbi_kit.flows.networks`, kind ``conditioner``) maps
+    ``(dim + context_dim,)`` to ``(dim * params_per_dim,)``.
     """
     out = dim * params_per_dim(kind, num_bins)
-    return {"net": init_mlp(key, dim + context_dim, hidden, out, dtype)}
+    return {"net": init_net(conditioner, key, dim + context_dim, hidden, out, dtype)}
+
+
+def init_lu(dim: int, dtype) -> dict:
+    """Parameters of an identity `lu_bijector`: ``{"lower", "upper": (dim, dim), "diag", "bias": (dim,)}``."""
+    return {
+        "lower": jnp.zeros((dim, dim), dtype),
+        "upper": jnp.zeros((dim, dim), dtype),
+        # softplus(raw) + LU_MIN_DIAG = 1 at init.
+        "diag": jnp.full((dim,), float(np.log(np.expm1(1.0 - LU_MIN_DIAG))), dtype),
+        "bias": jnp.zeros((dim,), dtype),
+    }
+
+
+def lu_bijector(params: dict) -> distrax.Bijector:
+    """``x -> L U x + b``: a learned invertible linear map between coupling layers (nflows' ``LULinear``).
+
+    ``L`` is unit lower triangular, ``U`` upper triangular with diagonal
+    ``softplus(diag) + LU_MIN_DIAG > 0``, so the map is invertible for any
+    parameters and ``log|det| = sum(log diag(U))``. It mixes all coordinates,
+    which fixed coupling masks alone do slowly.
+    """
+    diag = jax.nn.softplus(params["diag"]) + LU_MIN_DIAG
+    matrix = jnp.tril(params["lower"], -1) + jnp.triu(params["upper"], 1) + jnp.diag(diag)
+    return distrax.LowerUpperTriangularAffine(matrix, params["bias"])
 
 
 def coupling_bijector(
@@ -77,7 +107,7 @@ def coupling_bijector(
 
     def conditioner(masked_x):
         inputs = masked_x if context is None else jnp.concatenate([masked_x, context.astype(masked_x.dtype)])
-        return mlp_apply(params["net"], inputs).reshape(dim, p)
+        return net_apply(params["net"], inputs).reshape(dim, p)
 
     if kind == "affine":
         def inner(theta):

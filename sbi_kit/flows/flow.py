@@ -1,6 +1,7 @@
 """`Flow`: a normalizing flow ``x = T(z)``, ``z ~ N(0, I)``, as config + param pytree.
 
-``T`` is a stack of coupling layers (`sbi_kit.flows.coupling`) followed by an
+``T`` is a stack of coupling layers (`sbi_kit.flows.coupling`), each optionally
+followed by a learned LU linear map (``lu_layers=True``), then an
 elementwise affine map ``x = loc + exp(log_scale) * u`` (which lets a flow
 built for unit scale reach targets with other locations and scales). A fresh
 flow is the identity, so it starts as its standard normal base.
@@ -22,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbi_kit.flows.coupling import KINDS, alternating_masks, coupling_bijector, init_coupling
+from sbi_kit.flows.coupling import KINDS, alternating_masks, coupling_bijector, init_coupling, init_lu, lu_bijector
+from sbi_kit.flows.networks import NETS
 
 Array = jax.Array
 
@@ -44,6 +46,10 @@ class FlowConfig:
       max_log_scale: soft clamp of each affine layer's log scale.
       masks: per-layer boolean masks (True = kept), see `alternating_masks`.
       dtype: ``"float32"`` or ``"float64"``.
+      conditioner: ``"mlp"`` (tanh MLP) or ``"resnet"`` (relu residual blocks,
+        one per ``hidden`` entry), see `sbi_kit.flows.networks`.
+      lu_layers: a learned invertible linear map ``L U x + b`` after every
+        coupling layer (as in nflows/sbi neural spline flows); ignored for dim 1.
     """
 
     dim: int
@@ -56,6 +62,9 @@ class FlowConfig:
     max_log_scale: float = 3.0
     masks: tuple[tuple[bool, ...], ...] = ()
     dtype: str = "float32"
+    # Added after 0.1 files were written: the defaults reproduce older flows.
+    conditioner: str = "mlp"
+    lu_layers: bool = False
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (lists instead of tuples)."""
@@ -93,6 +102,12 @@ def _check_config(c: FlowConfig) -> None:
     for v, name in ((c.bound, "bound"), (c.max_log_scale, "max_log_scale")):
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be positive and finite, got {v}")
+    if c.conditioner not in NETS:
+        raise ValueError(f"unknown conditioner {c.conditioner!r}; choose one of {list(NETS)}")
+    if c.conditioner == "resnet" and (not c.hidden or len(set(c.hidden)) != 1):
+        raise ValueError(f"conditioner='resnet' needs equal hidden widths (one per residual block), got {c.hidden}")
+    if not isinstance(c.lu_layers, (bool, np.bool_)):
+        raise ValueError(f"lu_layers must be True or False, got {c.lu_layers!r}")
     if c.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {c.dtype!r}")
     if len(c.masks) != c.num_layers or any(len(m) != c.dim for m in c.masks):
@@ -138,6 +153,8 @@ class Flow:
                 p, jnp.asarray(m), context, kind=c.kind, num_bins=c.num_bins,
                 bound=c.bound, max_log_scale=c.max_log_scale,
             )
+            if "lu" in p:
+                yield lu_bijector(p["lu"])
 
     def _forward_one(self, z, context):
         x, log_det = z, jnp.zeros((), z.dtype)
@@ -241,9 +258,12 @@ def init_params(config: FlowConfig, key: Array) -> dict:
     dt = jnp.dtype(config.dtype)
     keys = jax.random.split(key, config.num_layers)
     layers = [
-        init_coupling(k, config.dim, config.context_dim, config.hidden, config.kind, config.num_bins, dt)
+        init_coupling(k, config.dim, config.context_dim, config.hidden, config.kind, config.num_bins, dt,
+                      config.conditioner)
         for k in keys
     ]
+    if config.lu_layers and config.dim > 1:
+        layers = [{**p, "lu": init_lu(config.dim, dt)} for p in layers]
     return {
         "layers": layers,
         "loc": jnp.zeros((config.dim,), dt),
@@ -263,6 +283,8 @@ def make_flow(
     bound: float = 5.0,
     max_log_scale: float = 3.0,
     dtype=None,
+    conditioner: str = "mlp",
+    lu_layers: bool = False,
 ) -> Flow:
     """Build a fresh coupling flow (the identity map on ``N(0, I)``).
 
@@ -277,6 +299,9 @@ def make_flow(
       bound: spline box half-width in the standardised coordinates.
       max_log_scale: soft clamp of affine log scales.
       dtype: float32 (default unless x64 is enabled) or float64.
+      conditioner: ``"mlp"`` (tanh) or ``"resnet"`` (relu residual blocks;
+        ``hidden=(50, 50)`` is width 50 with two blocks).
+      lu_layers: add a learned LU linear map after each coupling layer.
 
     Returns:
       A `Flow`.
@@ -298,6 +323,7 @@ def make_flow(
         context_dim=int(context_dim) if not isinstance(context_dim, bool) else context_dim,
         num_bins=num_bins, bound=float(bound), max_log_scale=float(max_log_scale),
         masks=alternating_masks(k_mask, int(dim), int(num_layers)), dtype=jnp.dtype(dtype).name,
+        conditioner=conditioner, lu_layers=lu_layers,
     )
     _check_config(config)
     return Flow(config, init_params(config, k_params))

@@ -1,8 +1,18 @@
 """Conditioner networks as plain parameter pytrees.
 
-An MLP is a list of ``{"w": (in, out), "b": (out,)}`` dicts; `mlp_apply` is a
-pure function of ``(params, inputs)``, so flows can be jitted, vmapped,
-differentiated and saved as arrays without any module framework.
+Two kinds, both pure functions of ``(params, inputs)`` so flows can be
+jitted, vmapped, differentiated and saved as arrays without any module
+framework:
+
+* ``"mlp"``: a list of ``{"w": (in, out), "b": (out,)}`` dicts with tanh
+  hidden units (`init_mlp`, `mlp_apply`);
+* ``"resnet"``: an input layer, residual blocks of two relu layers each and
+  an output layer (`init_resnet`, `resnet_apply`), the conditioner of the
+  neural spline flows used by sbibm and the `sbi` package (nflows'
+  ``ResidualNet``). It fits sharp conditional densities (two moons,
+  mixtures) better than a tanh MLP of the same width.
+
+`init_net` / `net_apply` dispatch on the kind.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -64,3 +75,68 @@ def mlp_apply(params: list[dict], inputs: Array) -> Array:
     for layer in params[:-1]:
         h = jnp.tanh(h @ layer["w"] + layer["b"])
     return h @ params[-1]["w"] + params[-1]["b"]
+
+
+NETS = ("mlp", "resnet")
+
+
+def init_resnet(key: Array, in_dim: int, hidden: Sequence[int], out_dim: int, dtype=jnp.float32) -> dict:
+    """Parameters of a residual network ``in_dim -> width -> blocks -> out_dim``.
+
+    ``hidden`` gives one entry per residual block, all equal to the width
+    (``(50, 50)``: width 50, two blocks). Each block is
+    ``h + (W2 relu(W1 relu(h) + b1) + b2) * sigmoid(Wg x + bg)`` (``x`` the
+    network's input) with ``W2 = 0`` at init, so blocks start as the
+    identity; the output layer is zero, so a fresh coupling layer is the
+    identity map (as with `init_mlp`).
+
+    Returns:
+      ``{"inp": {"w", "b"}, "blocks": [{"w1", "b1", "w2", "b2", "wg", "bg"}, ...], "out": {"w", "b"}}``.
+    """
+    hidden = [int(h) for h in hidden]
+    if not hidden or any(h != hidden[0] for h in hidden):
+        raise ValueError(f"a resnet conditioner needs equal hidden widths (one per block), got {tuple(hidden)}")
+    width = hidden[0]
+    keys = jax.random.split(key, len(hidden) + 1)
+    scale_in = 1.0 / np.sqrt(max(int(in_dim), 1))
+    inp = {"w": jax.random.normal(keys[0], (int(in_dim), width), dtype) * jnp.asarray(scale_in, dtype),
+           "b": jnp.zeros((width,), dtype)}
+    blocks = []
+    for k in keys[1:]:
+        k1, k2 = jax.random.split(k)
+        blocks.append({
+            "w1": jax.random.normal(k1, (width, width), dtype) * jnp.asarray(np.sqrt(2.0 / width), dtype),
+            "b1": jnp.zeros((width,), dtype),
+            "w2": jnp.zeros((width, width), dtype), "b2": jnp.zeros((width,), dtype),
+            "wg": jax.random.normal(k2, (int(in_dim), width), dtype) * jnp.asarray(scale_in, dtype),
+            "bg": jnp.zeros((width,), dtype),
+        })
+    out = {"w": jnp.zeros((width, int(out_dim)), dtype), "b": jnp.zeros((int(out_dim),), dtype)}
+    return {"inp": inp, "blocks": blocks, "out": out}
+
+
+def resnet_apply(params: dict, inputs: Array) -> Array:
+    """Evaluate a network from `init_resnet` on ``inputs (..., in_dim)``: ``(..., out_dim)``."""
+    x = jnp.clip(inputs, -INPUT_CLIP, INPUT_CLIP)
+    h = x @ params["inp"]["w"] + params["inp"]["b"]
+    for blk in params["blocks"]:
+        t = jax.nn.relu(h) @ blk["w1"] + blk["b1"]
+        t = jax.nn.relu(t) @ blk["w2"] + blk["b2"]
+        # Gated by the inputs (nflows gates by the context through a GLU):
+        # lets the conditioning variables switch whole features on and off.
+        h = h + t * jax.nn.sigmoid(x @ blk["wg"] + blk["bg"])
+    return h @ params["out"]["w"] + params["out"]["b"]
+
+
+def init_net(kind: str, key: Array, in_dim: int, hidden: Sequence[int], out_dim: int, dtype=jnp.float32):
+    """`init_mlp` or `init_resnet` by ``kind`` (one of `NETS`)."""
+    if kind == "mlp":
+        return init_mlp(key, in_dim, hidden, out_dim, dtype)
+    if kind == "resnet":
+        return init_resnet(key, in_dim, hidden, out_dim, dtype)
+    raise ValueError(f"unknown conditioner {kind!r}; choose one of {list(NETS)}")
+
+
+def net_apply(params, inputs: Array) -> Array:
+    """Evaluate a network from `init_net` (the kind is read off the parameter structure)."""
+    return resnet_apply(params, inputs) if isinstance(params, dict) else mlp_apply(params, inputs)

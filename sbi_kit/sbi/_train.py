@@ -80,8 +80,12 @@ def _optimizer(learning_rate: float, clip_norm: float) -> optax.GradientTransfor
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "learning_rate", "clip_norm"))
-def _train_chunk(loss, learning_rate, clip_norm, params, opt_state, standardizer, batches, keys):
-    """``len(keys)`` Adam steps over pre-gathered minibatches ``batches`` (tuple of ``(steps, b, ...)``)."""
+def _train_chunk(loss, learning_rate, clip_norm, params, opt_state, standardizer, batches, keys, lr_factor):
+    """``len(keys)`` Adam steps over pre-gathered minibatches ``batches`` (tuple of ``(steps, b, ...)``).
+
+    ``lr_factor`` (traced scalar) multiplies the Adam step, so lowering the
+    learning rate during a fit needs no recompilation.
+    """
     opt = _optimizer(learning_rate, clip_norm)
 
     def step(carry, inp):
@@ -89,6 +93,7 @@ def _train_chunk(loss, learning_rate, clip_norm, params, opt_state, standardizer
         batch, k = inp
         value, grads = jax.value_and_grad(lambda q: jnp.mean(loss(q, standardizer, batch, k)))(p)
         updates, s = opt.update(grads, s, p)
+        updates = jax.tree.map(lambda u: u * lr_factor.astype(u.dtype), updates)
         return (optax.apply_updates(p, updates), s), value
 
     (params, opt_state), values = jax.lax.scan(step, (params, opt_state), (batches, keys))
@@ -120,6 +125,8 @@ def fit_minibatch(
     clip_norm: float = 5.0,
     validation_mask=None,
     exact_validation_batches: bool = False,
+    lr_decays: int = 0,
+    lr_decay_factor: float = 0.1,
 ):
     """Minimise the mean per-example ``loss`` with Adam and early stopping.
 
@@ -139,6 +146,12 @@ def fit_minibatch(
       exact_validation_batches: validation batches of ``min(batch, n_val)``
         rows, never padded with copies of the same rows (for losses that mix
         rows of a batch, like NRE's contrastive atoms).
+      lr_decays: when the validation loss has not improved for ``patience``
+        epochs, restart from the best parameters with the learning rate
+        multiplied by ``lr_decay_factor``, up to this many times, before
+        stopping (0: stop at the first plateau). A lower rate lets the fit
+        settle into the sharp optimum that a constant rate keeps jumping over.
+      lr_decay_factor: the factor, in (0, 1).
 
     Returns:
       ``(best params, TrainInfo)``.
@@ -147,6 +160,9 @@ def fit_minibatch(
       ValueError: too few data, or a non-finite training loss.
     """
     n = int(data[0].shape[0])
+    lr_decays = check_int(lr_decays, "lr_decays", 0)
+    if not 0.0 < float(lr_decay_factor) < 1.0:
+        raise ValueError(f"lr_decay_factor must be in (0, 1), got {lr_decay_factor}")
     if validation_mask is not None:
         validation_mask = np.asarray(validation_mask)
         if validation_mask.shape != (n,) or validation_mask.dtype != bool:
@@ -198,6 +214,7 @@ def fit_minibatch(
     best_params, best_val, best_epoch, since = params, np.inf, 0, 0
     train_losses, val_losses = [], []
     stopped, steps = False, 0
+    lr_factor, decays_left = 1.0, lr_decays
     for epoch in range(1, max_epochs + 1):
         values = []
         for _ in range(chunks_per_epoch):
@@ -208,7 +225,7 @@ def fit_minibatch(
             batches = tuple(a[idx] for a in train)
             key, k = jax.random.split(key)
             params, opt_state, v = _train_chunk(loss, learning_rate, clip_norm, params, opt_state, standardizer,
-                                                batches, jax.random.split(k, chunk))
+                                                batches, jax.random.split(k, chunk), jnp.asarray(lr_factor))
             values.append(v)
             steps += chunk
         tl = float(jnp.mean(jnp.concatenate(values)))
@@ -228,8 +245,14 @@ def fit_minibatch(
         else:
             since += 1
             if since >= patience:
-                stopped = True
-                break
+                if decays_left == 0:
+                    stopped = True
+                    break
+                # Plateau: go back to the best parameters and take smaller steps.
+                decays_left -= 1
+                lr_factor *= float(lr_decay_factor)
+                params, since = best_params, 0
+                opt_state = _optimizer(learning_rate, clip_norm).init(params)
     info = TrainInfo(np.asarray(train_losses), np.asarray(val_losses), best_epoch, len(train_losses),
                      stopped, n_train, n_val, steps)
     return best_params, info

@@ -52,6 +52,7 @@ class NLE(cond.ConditionalFlowEstimator):
         patience: int = 20,
         initial: LikelihoodPosterior | None = None,
         validation_mask=None,
+        lr_decays: int = 2,
     ) -> LikelihoodPosterior:
         """Train on ``theta (n, dim)`` (constrained) and ``x (n, x_dim)``.
 
@@ -87,6 +88,6 @@ class NLE(cond.ConditionalFlowEstimator):
             cond.NegLogProb(spec), params, standardizer, (jnp.asarray(x, dt), jnp.asarray(u, dt)), k_fit,
             max_epochs=max_epochs,
             batch_size=batch_size, learning_rate=lr, validation_fraction=vf, patience=patience,
-            validation_mask=validation_mask,
+            validation_mask=validation_mask, lr_decays=lr_decays,
         )
         return LikelihoodPosterior(self.prior, "nle", spec, params, standardizer, info)

@@ -161,9 +161,11 @@ class NPE(cond.ConditionalFlowEstimator):
     Args:
       prior: anything `as_prior` accepts.
       flow: `make_flow` options (``kind``, ``num_layers``, ``hidden``,
-        ``num_bins``, ``bound``, ``max_log_scale``) as a dict or a
-        `FlowConfig`; default a 4-layer rational-quadratic spline flow with
-        (50, 50) conditioners.
+        ``num_bins``, ``bound``, ``max_log_scale``, ``conditioner``,
+        ``lu_layers``) as a dict or a `FlowConfig`; default the neural spline
+        flow of sbibm and the `sbi` package: 5 rational-quadratic coupling
+        layers with 10 bins, residual conditioners with two blocks of 50
+        units, and an LU linear layer after each coupling.
       embedding: None (the z-scored x is the flow's context), or hidden widths
         of an MLP embedding network trained jointly with the flow.
       embedding_dim: output width of the embedding (default ``min(x_dim, 20)``).
@@ -186,6 +188,7 @@ class NPE(cond.ConditionalFlowEstimator):
         patience: int = 20,
         initial: NPEPosterior | None = None,
         validation_mask=None,
+        lr_decays: int = 2,
     ) -> NPEPosterior:
         """Train on pairs ``theta (n, dim)`` (constrained, in the prior support), ``x (n, x_dim)``.
 
@@ -204,6 +207,11 @@ class NPE(cond.ConditionalFlowEstimator):
           validation_mask: optional boolean ``(n,)`` fixing which pairs are held
             out (instead of a random ``validation_fraction``); sequential rounds
             pass it so a simulation stays in its split across refits.
+          lr_decays: at a validation plateau (``patience`` epochs without
+            improvement), restart from the best parameters at a tenth of the
+            learning rate, up to this many times, before stopping. The default 2
+            gives markedly sharper posteriors (two_moons: best validation loss
+            -0.89 / -0.95 nats vs -0.79 / -0.69 without, two training seeds).
 
         Returns:
           An `NPEPosterior` with the best-validation parameters.
@@ -232,6 +240,6 @@ class NPE(cond.ConditionalFlowEstimator):
             cond.NegLogProb(spec), params, standardizer, (jnp.asarray(u, dt), jnp.asarray(x, dt)), k_fit,
             max_epochs=max_epochs,
             batch_size=batch_size, learning_rate=lr, validation_fraction=vf, patience=patience,
-            validation_mask=validation_mask,
+            validation_mask=validation_mask, lr_decays=lr_decays,
         )
         return NPEPosterior(self.prior, spec, params, standardizer, info)

@@ -91,8 +91,13 @@ class NRE:
         patience: int = 20,
         initial: LikelihoodPosterior | None = None,
         validation_mask=None,
+        lr_decays: int = 0,
     ) -> LikelihoodPosterior:
         """Train the classifier on ``theta (n, dim)`` and ``x (n, x_dim)``; arguments as in `NLE.fit`.
+
+        ``lr_decays`` defaults to 0 here (stop at the first plateau): the
+        learning-rate restarts were measured for the flow estimators, not yet
+        for the ratio classifier.
 
         Returns:
           A `LikelihoodPosterior` (kind ``"nre"``).
@@ -126,6 +131,6 @@ class NRE:
             ContrastiveLoss(spec, num_atoms), params, standardizer, (jnp.asarray(u, dt), jnp.asarray(x, dt)),
             k_fit, max_epochs=max_epochs,
             batch_size=batch_size, learning_rate=lr, validation_fraction=vf, patience=patience,
-            validation_mask=validation_mask, exact_validation_batches=True,
+            validation_mask=validation_mask, exact_validation_batches=True, lr_decays=lr_decays,
         )
         return LikelihoodPosterior(self.prior, "nre", spec, params, standardizer, info)
