@@ -1,7 +1,8 @@
 """Normalizing flows shared by the samplers and simulation-based inference.
 
 * `make_flow` builds a coupling flow (RealNVP affine or rational-quadratic
-  spline, distrax bijectors, MLP conditioners as parameter pytrees, optional
+  spline, distrax bijectors, tanh-MLP or gated residual-net conditioners as
+  parameter pytrees, optional LU linear layers between couplings, optional
   conditioning context); `Flow` has ``forward``/``inverse`` with log-dets,
   ``log_prob``, ``sample`` and ``sample_and_log_prob``.
 * `fit_reverse_kl` (against a `Target`, optional annealing) and
