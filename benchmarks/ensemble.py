@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -108,7 +109,12 @@ def run_sf(target, key, scale, quick):
     return np.asarray(out), steps * inner * n, 0
 
 
-def run_smc(target, key, scale, rw_scale, quick):
+def tempered_smc(target, key, scale, rw_scale, quick):
+    """blackjax adaptive tempered SMC from N(0, scale^2 I) with random-walk moves.
+
+    Returns ``(particles (n, d), log Z estimate, target evaluations, tempering levels)``;
+    also used by `snf_vs_smc.py`.
+    """
     from blackjax.smc import resampling
 
     n, mcmc = (500, 5) if quick else (2000, 10)
@@ -141,16 +147,23 @@ def run_smc(target, key, scale, rw_scale, quick):
             return c[1].tempering_param < 1
 
         def body(c):
-            i, st, kk = c
+            i, st, kk, logz = c
             kk, sub = jax.random.split(kk)
-            st, _ = smc.step(sub, st)
-            return i + 1, st, kk
+            st, info = smc.step(sub, st)
+            return i + 1, st, kk, logz + info.log_likelihood_increment
 
-        return jax.lax.while_loop(cond, body, (0, s, k))
+        return jax.lax.while_loop(cond, body, (0, s, k, jnp.zeros(())))
 
-    n_iter, final, _ = loop(k1, state)
+    n_iter, final, _, log_z_ratio = loop(k1, state)
     evals = n + int(n_iter) * n * (mcmc + 1)
-    return np.asarray(final.particles), evals, 0
+    # The reference's normaliser: logprior above is unnormalised.
+    log_z = float(log_z_ratio) + 0.5 * d * math.log(2 * math.pi * scale**2)
+    return np.asarray(final.particles), log_z, evals, int(n_iter)
+
+
+def run_smc(target, key, scale, rw_scale, quick):
+    x, _, evals, _ = tempered_smc(target, key, scale, rw_scale, quick)
+    return x, evals, 0
 
 
 def funnel_diagnostic(seed: int) -> None:

@@ -34,16 +34,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
-import blackjax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from ensemble import tempered_smc  # noqa: E402  (benchmarks/ is the script's folder)
 from sbi_kit.diagnostics.metrics import mmd
 from sbi_kit.samplers.snf import FlowBlock, StochasticBlock, make_snf, sample_snf, train_snf
 from sbi_kit.targets import gmm40, many_well
@@ -59,50 +57,9 @@ TARGETS = {
 
 
 def run_smc(target, key, scale, rw_scale, quick):
-    """benchmarks/ensemble.py's adaptive tempered SMC, plus its log Z."""
-    from blackjax.smc import resampling
-
-    n, mcmc = (500, 5) if quick else (2000, 10)
-    d = target.dim
-
-    def logprior(x):
-        return -0.5 * jnp.sum((x / scale) ** 2)
-
-    def loglik(x):
-        return target.log_density(x) - logprior(x)
-
-    rw_kernel = blackjax.additive_step_random_walk.build_kernel()
-
-    def step_fn(rng_key, state, logdensity_fn, rw_sd):
-        return rw_kernel(rng_key, state, logdensity_fn, blackjax.mcmc.random_walk.normal(rw_sd))
-
-    def init_fn(position, logdensity_fn):
-        return blackjax.additive_step_random_walk.init(position, logdensity_fn)
-
-    smc = blackjax.adaptive_tempered_smc(
-        logprior, loglik, step_fn, init_fn, {"rw_sd": jnp.full((1, d), rw_scale)},
-        resampling.systematic, 0.5, num_mcmc_steps=mcmc,
-    )
-    k0, k1 = jax.random.split(key)
-    state = smc.init(scale * jax.random.normal(k0, (n, d)))
-
-    @jax.jit
-    def loop(k, s):
-        def cond(c):
-            return c[1].tempering_param < 1
-
-        def body(c):
-            i, st, kk, logz = c
-            kk, sub = jax.random.split(kk)
-            st, info = smc.step(sub, st)
-            return i + 1, st, kk, logz + info.log_likelihood_increment
-
-        return jax.lax.while_loop(cond, body, (0, s, k, jnp.zeros(())))
-
-    n_iter, final, _, log_z_ratio = loop(k1, state)
-    evals = n + int(n_iter) * n * (mcmc + 1)
-    log_z = float(log_z_ratio) + 0.5 * d * math.log(2 * math.pi * scale**2)
-    return np.asarray(final.particles), log_z, evals, {"levels": int(n_iter)}
+    """benchmarks/ensemble.py's adaptive tempered SMC, with its log Z."""
+    x, log_z, evals, levels = tempered_smc(target, key, scale, rw_scale, quick)
+    return x, log_z, evals, {"levels": levels}
 
 
 def snf_blocks(cfg, scale):

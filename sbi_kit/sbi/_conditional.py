@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sbi_kit.flows.flow import Flow, FlowConfig, init_params, make_flow, standardize
+from sbi_kit.sbi._data import check_pairs
 from sbi_kit.sbi._networks import apply_mlp, check_activation, init_mlp
-from sbi_kit.sbi.prior import as_prior
+from sbi_kit.sbi._train import fit_minibatch, kept_validation_mask
+from sbi_kit.sbi.prior import as_prior, check_same_prior
 
 Array = jax.Array
 
@@ -168,3 +170,43 @@ class ConditionalFlowEstimator:
         self.activation = activation
         self.z_score = bool(z_score)
         self.dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
+
+    def _fit_flow(self, key, theta, x, *, what: str, model_data: bool, check_initial, initial, settings,
+                  validation_mask, lr_decays):
+        """The training body shared by `NPE.fit` and `NLE.fit`.
+
+        Validates the pairs (NPE drops non-finite ``x`` rows, NLE refuses them),
+        maps theta to the prior's unconstrained space, starts from ``initial``
+        (after ``check_initial(initial, x_dim)`` raises on a mismatch) or a fresh
+        flow, and trains by maximum likelihood. The flow models ``x`` given
+        theta when ``model_data`` (NLE), else theta given ``x`` (NPE).
+
+        Returns:
+          ``(spec, params, standardizer, TrainInfo)``.
+        """
+        validation_mask = kept_validation_mask(validation_mask, x)
+        theta, x = check_pairs(self.prior, theta, x, drop_invalid_x=not model_data, what=what)
+        u = np.asarray(self.prior.to_unconstrained(jnp.asarray(theta, self.dtype)))
+        if not np.all(np.isfinite(u)):
+            raise ValueError("some theta map to non-finite unconstrained values (on the edge of the prior support)")
+        y, c = (x, u) if model_data else (u, x)
+        k_init, k_fit = jax.random.split(key)
+        if initial is not None:
+            check_initial(initial, x.shape[1])
+            check_same_prior(self.prior, initial.prior, "initial")
+            spec, params, standardizer = initial.spec, initial.params, initial.standardizer
+        else:
+            spec, params, standardizer = init_conditional(
+                k_init, y, c, flow=self.flow, embedding_hidden=self.embedding_hidden,
+                embedding_dim=self.embedding_dim, activation=self.activation, z_score=self.z_score,
+                dtype=self.dtype,
+            )
+        dt = jnp.dtype(spec.flow.dtype)
+        max_epochs, batch_size, lr, vf, patience = settings
+        params, info = fit_minibatch(
+            NegLogProb(spec), params, standardizer, (jnp.asarray(y, dt), jnp.asarray(c, dt)), k_fit,
+            max_epochs=max_epochs, batch_size=batch_size, learning_rate=lr, validation_fraction=vf,
+            patience=patience, validation_mask=validation_mask, lr_decays=lr_decays,
+        )
+        return spec, params, standardizer, info
+

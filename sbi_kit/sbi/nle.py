@@ -12,14 +12,10 @@ directly (their log likelihoods add up).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from sbi_kit.sbi import _conditional as cond
-from sbi_kit.sbi._data import check_pairs
 from sbi_kit.sbi._posterior import LikelihoodPosterior
-from sbi_kit.sbi._train import check_training_settings, fit_minibatch, kept_validation_mask
-from sbi_kit.sbi.prior import check_same_prior
+from sbi_kit.sbi._train import check_training_settings
 
 Array = jax.Array
 
@@ -64,30 +60,14 @@ class NLE(cond.ConditionalFlowEstimator):
           A `LikelihoodPosterior` (kind ``"nle"``).
         """
         settings = check_training_settings(max_epochs, batch_size, learning_rate, validation_fraction, patience)
-        validation_mask = kept_validation_mask(validation_mask, x)
-        theta, x = check_pairs(self.prior, theta, x, drop_invalid_x=False, what="NLE")
-        u = np.asarray(self.prior.to_unconstrained(jnp.asarray(theta, self.dtype)))
-        if not np.all(np.isfinite(u)):
-            raise ValueError("some theta map to non-finite unconstrained values (on the edge of the prior support)")
-        k_init, k_fit = jax.random.split(key)
-        if initial is not None:
-            if (not isinstance(initial, LikelihoodPosterior) or initial.kind != "nle"
-                    or initial.prior.dim != self.prior.dim or initial.x_dim != x.shape[1]):
+
+        def check_initial(init, x_dim):
+            if (not isinstance(init, LikelihoodPosterior) or init.kind != "nle"
+                    or init.prior.dim != self.prior.dim or init.x_dim != x_dim):
                 raise ValueError("initial must be an NLE posterior with the same parameter and data dimensions")
-            check_same_prior(self.prior, initial.prior, "initial")
-            spec, params, standardizer = initial.spec, initial.params, initial.standardizer
-        else:
-            spec, params, standardizer = cond.init_conditional(
-                k_init, x, u, flow=self.flow, embedding_hidden=self.embedding_hidden,
-                embedding_dim=self.embedding_dim, activation=self.activation, z_score=self.z_score,
-                dtype=self.dtype,
-            )
-        dt = jnp.dtype(spec.flow.dtype)
-        max_epochs, batch_size, lr, vf, patience = settings
-        params, info = fit_minibatch(
-            cond.NegLogProb(spec), params, standardizer, (jnp.asarray(x, dt), jnp.asarray(u, dt)), k_fit,
-            max_epochs=max_epochs,
-            batch_size=batch_size, learning_rate=lr, validation_fraction=vf, patience=patience,
-            validation_mask=validation_mask, lr_decays=lr_decays,
+
+        spec, params, standardizer, info = self._fit_flow(
+            key, theta, x, what="NLE", model_data=True, check_initial=check_initial, initial=initial,
+            settings=settings, validation_mask=validation_mask, lr_decays=lr_decays,
         )
         return LikelihoodPosterior(self.prior, "nle", spec, params, standardizer, info)
