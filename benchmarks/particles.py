@@ -26,8 +26,12 @@ descent, tiles of 512 partners) and of dense matrix-form SVGD, each N in a
 fresh subprocess; memory as XLA's compiled temp buffer size of the 2-step
 program and the process' peak RSS (resource.getrusage).
 
-Reproduce:  python benchmarks/particles.py [--quick] [--seed 0] [--particles 2000] [--steps 500]
-            [--targets gmm40,banana,funnel] [--methods ...] [--scaling]
+Reproduce:  python benchmarks/particles.py [--quick] [--seed 0 | --seeds 0,2,3,4,5] [--particles 2000]
+            [--steps 500] [--targets gmm40,banana,funnel] [--methods ...] [--scaling]
+            [--mfl-params h,gamma] [--svgd-lr LR] [--ksd-params h,gamma]
+The 2026-11-25 comparison: --steps 100 --seeds 0,2,3,4,5 --targets banana,gmm40,funnel
+--methods mfl_underdamped,mfl_overdamped,svgd_blackjax (settings: TARGETS below; their
+tuning: benchmarks/particles_tuning.py).
 """
 
 from __future__ import annotations
@@ -51,13 +55,17 @@ from sbi_kit.targets import banana, funnel, gmm40
 N_EVAL = 2000
 
 # target name -> (constructor, init scale s, mfl step size h, friction gamma, svgd learning rate).
-# h and gamma: the best of 3 settings per target ({h, 2h} x {gamma = 1}, {h, gamma = 0.5}) by
-# MMD at seed 0 (2000 particles, 500 steps); the SVGD (adagrad) learning rate: the best of
-# {0.1, 0.5, 1.0, 2.0} for svgd_matrix at seed 0 with 500 particles and 200 steps (svgd_matrix makes
-# the same updates as blackjax.svgd), used for all SVGD peers.
+# Tuned at the protocol's own size (2000 particles, 100 steps) on seed 1, which is then left
+# out of the evaluation seeds, with the same kind of grid for both sides (2026-11-25,
+# `results/particles_tuning_2026-11-25.jsonl`): MFL (h, gamma) the best MMD over
+# h in {0.02, 0.05, 0.1, 0.2} x gamma in {0.1, 0.2, 0.3, 0.5, 1} (underdamped); the SVGD
+# adagrad learning rate the best MMD over {0.5, 1, 2, 4, 8} for svgd_matrix (it makes the
+# same updates as blackjax.svgd), used for all SVGD peers. `--mfl-params` / `--svgd-lr`
+# override them (the 2026-11-24 rows used 0.1/0.5/0.5, 0.05/1/2 and 0.02/1/2, tuned at
+# 500 steps).
 TARGETS = {
-    "gmm40": (gmm40, 30.0, 0.1, 0.5, 0.5),
-    "banana": (lambda: banana(2), 10.0, 0.05, 1.0, 2.0),
+    "gmm40": (gmm40, 30.0, 0.1, 0.2, 2.0),
+    "banana": (lambda: banana(2), 10.0, 0.05, 0.2, 4.0),
     "funnel": (lambda: funnel(10), 3.0, 0.02, 1.0, 2.0),
 }
 
@@ -191,38 +199,76 @@ def _metrics(name, target, x, exact, seed):
     return out
 
 
+def _run_method(method, target, x0, args, h, gamma, lr):
+    if method == "mfl_underdamped":
+        return run_mfl(target, x0, args.steps, h, gamma, "underdamped")
+    if method == "mfl_overdamped":
+        return run_mfl(target, x0, args.steps, h, gamma, "overdamped")
+    if method == "mfl_ksd":
+        kh, kg = args.ksd_params
+        return run_mfl(target, x0, args.steps, kh, kg, "underdamped", "ksd")
+    if method == "svgd_blackjax":
+        return run_svgd_blackjax(target, x0, args.steps, lr)
+    if method == "svgd_matrix":
+        return run_svgd_matrix(target, x0, args.steps, lr)
+    if method == "steinvi_numpyro":
+        return run_steinvi(target, x0, args.steps, lr)
+    raise ValueError(f"unknown method {method}")
+
+
+def _summaries(records):
+    """One line per (target, method) over the seeds: MMD mean and its standard error."""
+    out = []
+    keys = sorted({(r["target"], r["method"]) for r in records}, key=lambda k: (k[0], k[1]))
+    for target, method in keys:
+        rows = [r for r in records if (r["target"], r["method"]) == (target, method) and r.get("mmd") is not None]
+        if not rows:
+            continue
+        m = np.array([r["mmd"] for r in rows])
+        ms = np.array([r["ms_per_step"] for r in rows])
+        rec = {"kind": "summary", "target": target, "method": method, "seeds": [r["seed"] for r in rows],
+               "mmd_mean": round(float(m.mean()), 4),
+               "mmd_se": round(float(m.std(ddof=1) / np.sqrt(len(m))), 4) if len(m) > 1 else None,
+               "ms_per_step_median": round(float(np.median(ms)), 3)}
+        if "mode_weight_error" in rows[0]:
+            rec["mode_weight_error_mean"] = round(float(np.mean([r["mode_weight_error"] for r in rows])), 4)
+        out.append(rec)
+    return out
+
+
 def bench(args):
     methods = args.methods.split(",")
+    records = []
     for name in args.targets.split(","):
         make, scale, h, gamma, lr = TARGETS[name]
+        if args.mfl_params is not None:
+            h, gamma = args.mfl_params
+        if args.svgd_lr is not None:
+            lr = args.svgd_lr
         target = make()
         exact = np.asarray(target.sample(jax.random.PRNGKey(1000), N_EVAL))
         floor = mmd(np.asarray(target.sample(jax.random.PRNGKey(1001), N_EVAL)), exact)
-        x0 = scale * jax.random.normal(jax.random.PRNGKey(args.seed), (args.particles, target.dim))
-        for method in methods:
-            t0 = time.perf_counter()
-            try:
-                if method == "mfl_underdamped":
-                    x, per, wall, extra = run_mfl(target, x0, args.steps, h, gamma, "underdamped")
-                elif method == "mfl_overdamped":
-                    x, per, wall, extra = run_mfl(target, x0, args.steps, h, gamma, "overdamped")
-                elif method == "mfl_ksd":
-                    x, per, wall, extra = run_mfl(target, x0, args.steps, h, gamma, "underdamped", "ksd")
-                elif method == "svgd_blackjax":
-                    x, per, wall, extra = run_svgd_blackjax(target, x0, args.steps, lr)
-                elif method == "svgd_matrix":
-                    x, per, wall, extra = run_svgd_matrix(target, x0, args.steps, lr)
-                elif method == "steinvi_numpyro":
-                    x, per, wall, extra = run_steinvi(target, x0, args.steps, lr)
-                else:
-                    raise ValueError(f"unknown method {method}")
-            except Exception as err:  # noqa: BLE001 - a failing peer is a result too
-                print(json.dumps({"target": name, "method": method, "error": repr(err)[:300]}), flush=True)
-                continue
-            rec = {"target": name, "method": method, "particles": args.particles, "steps": args.steps,
-                   "seed": args.seed, "ms_per_step": round(1e3 * per, 3), "wall_s": round(wall, 2),
-                   "floor_mmd": round(floor, 4), **_metrics(name, target, x, exact, args.seed), **extra,
-                   "total_s": round(time.perf_counter() - t0, 1), "loadavg": os.getloadavg()[0]}
+        for seed in args.seeds:
+            x0 = scale * jax.random.normal(jax.random.PRNGKey(seed), (args.particles, target.dim))
+            for method in methods:
+                t0 = time.perf_counter()
+                try:
+                    x, per, wall, extra = _run_method(method, target, x0, args, h, gamma, lr)
+                except Exception as err:  # noqa: BLE001 - a failing peer is a result too
+                    print(json.dumps({"target": name, "method": method, "seed": seed, "error": repr(err)[:300]}),
+                          flush=True)
+                    continue
+                params = ({"h": h, "gamma": gamma} if method in ("mfl_underdamped", "mfl_overdamped")
+                          else {"h": args.ksd_params[0], "gamma": args.ksd_params[1]} if method == "mfl_ksd"
+                          else {"lr": lr})
+                rec = {"target": name, "method": method, "particles": args.particles, "steps": args.steps,
+                       "seed": seed, **params, "ms_per_step": round(1e3 * per, 3), "wall_s": round(wall, 2),
+                       "floor_mmd": round(floor, 4), **_metrics(name, target, x, exact, seed), **extra,
+                       "total_s": round(time.perf_counter() - t0, 1), "loadavg": os.getloadavg()[0]}
+                records.append(rec)
+                print(json.dumps(rec), flush=True)
+    if len(args.seeds) > 1:
+        for rec in _summaries(records):
             print(json.dumps(rec), flush=True)
 
 
@@ -293,10 +339,25 @@ def scaling(args):
             print(json.dumps({"scaling": label, **rec, "loadavg": os.getloadavg()[0]}), flush=True)
 
 
+def _pair(text, flag):
+    try:
+        h, gamma = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{flag} takes 'h,gamma' (two numbers), got {text!r}") from None
+    if not (h > 0 and gamma > 0):
+        raise SystemExit(f"{flag}: h and gamma must be > 0, got {text!r}")
+    return h, gamma
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds of the initial particles "
+                   "(overrides --seed; a summary line per target and method follows)")
+    p.add_argument("--mfl-params", default=None, help="h,gamma for the KL-MFL runs (default: tuned, TARGETS)")
+    p.add_argument("--svgd-lr", type=float, default=None, help="adagrad learning rate of the SVGD peers")
+    p.add_argument("--ksd-params", default="0.1,0.5", help="h,gamma of mfl_ksd (default 0.1,0.5)")
     p.add_argument("--particles", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--targets", default="gmm40,banana,funnel")
@@ -306,6 +367,11 @@ def main(argv=None):
     p.add_argument("--scaling-sizes", default="1000,2000,5000,10000")
     p.add_argument("--scaling-methods", default="mfl_kl_underdamped,mfl_ksd_tiled,svgd_matrix_dense")
     args = p.parse_args(argv)
+    args.seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
+    args.mfl_params = _pair(args.mfl_params, "--mfl-params") if args.mfl_params else None
+    args.ksd_params = _pair(args.ksd_params, "--ksd-params")
+    if args.svgd_lr is not None and not args.svgd_lr > 0:
+        p.error(f"--svgd-lr must be > 0, got {args.svgd_lr}")
     args.particles = args.particles or (200 if args.quick else 2000)
     args.steps = args.steps or (30 if args.quick else 500)
     if args.quick and args.targets == "gmm40,banana,funnel":

@@ -302,7 +302,13 @@ def mfl(
         1.0 targets the target itself.
       dynamics: ``"underdamped"`` (N-particle exponential integrator,
         exact OU part; see `sbi_kit.samplers._mfl_dynamics`) or ``"overdamped"`` (Euler-Maruyama).
-      friction: ``gamma > 0`` (underdamped only).
+      friction: ``gamma > 0`` (underdamped only). A direction of curvature
+        ``k`` relaxes in time about ``gamma / k`` when ``gamma^2 > 4k`` and about
+        ``2 / gamma`` below that, so weakly confined directions (a banana's arms,
+        a wide mixture) need a friction near ``2 sqrt(k)``, well below 1; too little
+        friction leaves the kinetic energy released by a bad start ringing for
+        long (on the banana of `benchmarks/particles.py`, 100 steps of
+        ``h = 0.05``: gamma 0.2 beats 1.0 by MMD, 0.1 halves its step 5 times).
       initial_particles: ``(N, d)`` (copied to every system) or
         ``(num_systems, N, d)``; default ``N(init_mean, init_scale^2 I)``.
       init_mean, init_scale: scalar or ``(d,)``.
