@@ -118,7 +118,15 @@ def main() -> None:
                              "(default: 10 random-walk steps)")
     parser.add_argument("--budget-factor", type=float, default=1.0,
                         help="SNF budget = factor x SMC's target evaluations (default 1: equal budgets)")
+    parser.add_argument("--snf-config", default=None,
+                        help="JSON merged over the target's SNF settings, e.g. '{\"K\": 16, \"m\": 10}' "
+                             "(K stochastic blocks of m steps, flow_every, step, curvature, power, kind, lr, "
+                             "max_train_steps)")
     args = parser.parse_args()
+    overrides = json.loads(args.snf_config) if args.snf_config else {}
+    unknown = set(overrides) - {"K", "m", "step", "curvature", "power", "flow_every", "kind", "lr", "max_train_steps"}
+    if unknown:
+        parser.error(f"--snf-config: unknown keys {sorted(unknown)}")
     hmc = None
     if args.smc_hmc:
         m, h, leap = args.smc_hmc.split(",")
@@ -130,6 +138,7 @@ def main() -> None:
           flush=True)
     for name in args.targets.split(","):
         ctor, scale, rw, cfg = TARGETS[name]
+        cfg = {**cfg, **overrides}
         target = ctor()
         exact = np.asarray(target.sample(jax.random.PRNGKey(1000), N_EVAL))
         floor = mmd(np.asarray(target.sample(jax.random.PRNGKey(2000), N_EVAL)), exact)
@@ -153,7 +162,8 @@ def main() -> None:
                        "quick": args.quick, "log_z": log_z, "log_z_true": target.log_Z,
                        "log_z_error": abs(log_z - target.log_Z) if np.isfinite(log_z) else None,
                        "mmd": round(mmd(x[finite][:N_EVAL], exact), 4), "mmd_floor": round(floor, 4),
-                       "target_evals": int(evals), "wall_s": round(wall, 1), **extra}
+                       "target_evals": int(evals), "wall_s": round(wall, 1),
+                       **({"snf_config": cfg} if method == "snf" else {}), **extra}
                 print(json.dumps(row), flush=True)
 
 
