@@ -172,7 +172,7 @@ class ConditionalFlowEstimator:
         self.dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
 
     def _fit_flow(self, key, theta, x, *, what: str, model_data: bool, check_initial, initial, settings,
-                  validation_mask, lr_decays):
+                  validation_mask, lr_decays, ema_epochs=None):
         """The training body shared by `NPE.fit` and `NLE.fit`.
 
         Validates the pairs (NPE drops non-finite ``x`` rows, NLE refuses them),
@@ -206,7 +206,7 @@ class ConditionalFlowEstimator:
         params, info = fit_minibatch(
             NegLogProb(spec), params, standardizer, (jnp.asarray(y, dt), jnp.asarray(c, dt)), k_fit,
             max_epochs=max_epochs, batch_size=batch_size, learning_rate=lr, validation_fraction=vf,
-            patience=patience, validation_mask=validation_mask, lr_decays=lr_decays,
+            patience=patience, validation_mask=validation_mask, lr_decays=lr_decays, ema_epochs=ema_epochs,
         )
         return spec, params, standardizer, info
 

@@ -1,4 +1,6 @@
-"""The shared SBI training loop: learning-rate decay on plateaus, and its option checks."""
+"""The shared SBI training loop: learning-rate decay on plateaus, the parameter average, and option checks."""
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,3 +52,54 @@ def test_lr_decay_options_are_checked():
         fit_minibatch(loss, params, std, data, jax.random.PRNGKey(0), lr_decays=1, lr_decay_factor=1.5, **kw)
     with pytest.raises(ValueError, match="lr_decays"):
         NPE(dist.Normal(jnp.zeros(2), 1.0)).fit(jax.random.PRNGKey(0), data[0], data[1], lr_decays=0.5)
+
+
+class _SquaredError(NamedTuple):
+    """Per-example loss (m - y)^2: its minimiser is the mean of y (hashable, as fit_minibatch needs)."""
+
+    def __call__(self, params, standardizer, batch, key):
+        (y,) = batch
+        return (params["m"] - y[:, 0]) ** 2
+
+
+def test_ema_of_the_parameters_averages_out_the_minibatch_noise():
+    # Adam at a large step keeps the last iterate jittering around the mean of y
+    # (about +-0.08 here); the moving average over ~100 steps must be far closer.
+    # Without validation the fit returns its final state, so this isolates the average.
+    y = 3.0 + jax.random.normal(jax.random.PRNGKey(0), (2000, 1))
+    kw = dict(max_epochs=5, batch_size=16, learning_rate=0.1, validation_fraction=0.0, patience=1)
+    p0 = {"m": jnp.zeros(())}
+    last, avg = [], []
+    for seed in range(8):
+        last.append(float(fit_minibatch(_SquaredError(), p0, (), (y,), jax.random.PRNGKey(seed), **kw)[0]["m"]))
+        # 125 batches -> 128 steps per epoch: 0.8 epochs is an average over about 100 steps.
+        avg.append(float(fit_minibatch(_SquaredError(), p0, (), (y,), jax.random.PRNGKey(seed), ema_epochs=0.8,
+                                       **kw)[0]["m"]))
+    mean = float(jnp.mean(y))
+    rms_last = np.sqrt(np.mean((np.array(last) - mean) ** 2))
+    rms_avg = np.sqrt(np.mean((np.array(avg) - mean) ** 2))
+    assert rms_last > 0.03  # the iterate really is noisy at this step size
+    assert rms_avg < 0.3 * rms_last
+    assert rms_avg < 0.02
+
+
+def test_ema_epochs_is_checked():
+    loss, params, std, data = _problem()
+    kw = dict(max_epochs=2, batch_size=64, learning_rate=1e-3, validation_fraction=0.2, patience=2)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True, "16"):
+        with pytest.raises(ValueError, match="ema_epochs must be None or a number > 0"):
+            fit_minibatch(loss, params, std, data, jax.random.PRNGKey(0), ema_epochs=bad, **kw)
+    with pytest.raises(ValueError, match="ema_epochs"):
+        NPE(dist.Normal(jnp.zeros(2), 1.0)).fit(jax.random.PRNGKey(0), data[0], data[1], ema_epochs=-3)
+
+
+def test_chunk_length_keeps_epochs_close_to_one_pass():
+    from sbi_kit.sbi._train import _chunk_length
+
+    for n, want in [(1, 1), (3, 2), (45, 16), (64, 32), (100, 8), (125, 32), (4500, 32)]:
+        assert _chunk_length(n) == want, n
+    for n in range(1, 600):
+        c = _chunk_length(n)
+        assert c & (c - 1) == 0 and c <= min(n, 32)
+        if n >= 16:  # at most one chunk of 8 (or 5%) past a pass over the data
+            assert -(-n // c) * c <= max(n + 8, 1.05 * (-(-n // 32) * 32))
