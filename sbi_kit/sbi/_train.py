@@ -111,25 +111,8 @@ def _weighted_loss_sum(loss, params, standardizer, batch, weights, key):
 
 
 def _chunk_length(num_batches: int) -> int:
-    """Steps per compiled chunk: a power of two <= min(num_batches, MAX_CHUNK).
-
-    An epoch is rounded up to whole chunks, so the longest chunk can overshoot
-    an epoch by a lot (45 batches: 2 x 32 = 64 steps). A shorter chunk, down to
-    8, is taken when it cuts the steps per epoch by more than 5% (45 batches:
-    3 x 16 = 48); otherwise the longer one (fewer dispatches). Powers of two
-    keep the number of compiled lengths small.
-    """
-    top = 1 << int(math.floor(math.log2(max(1, min(num_batches, MAX_CHUNK)))))
-
-    def steps(c):
-        return math.ceil(num_batches / c) * c
-
-    best, c = top, top // 2
-    while c >= 8:
-        if steps(c) < 0.95 * steps(best):
-            best = c
-        c //= 2
-    return best
+    """Largest power of two <= min(num_batches, MAX_CHUNK): few distinct compiled lengths."""
+    return 1 << int(math.floor(math.log2(max(1, min(num_batches, MAX_CHUNK)))))
 
 
 def fit_minibatch(

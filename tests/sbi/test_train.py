@@ -92,14 +92,3 @@ def test_ema_epochs_is_checked():
     with pytest.raises(ValueError, match="ema_epochs"):
         NPE(dist.Normal(jnp.zeros(2), 1.0)).fit(jax.random.PRNGKey(0), data[0], data[1], ema_epochs=-3)
 
-
-def test_chunk_length_keeps_epochs_close_to_one_pass():
-    from sbi_kit.sbi._train import _chunk_length
-
-    for n, want in [(1, 1), (3, 2), (45, 16), (64, 32), (100, 8), (125, 32), (4500, 32)]:
-        assert _chunk_length(n) == want, n
-    for n in range(1, 600):
-        c = _chunk_length(n)
-        assert c & (c - 1) == 0 and c <= min(n, 32)
-        if n >= 16:  # at most one chunk of 8 (or 5%) past a pass over the data
-            assert -(-n // c) * c <= max(n + 8, 1.05 * (-(-n // 32) * 32))
