@@ -5,10 +5,12 @@ The data are those of `benchmarks/sbi_vs_sbi_package.py` for the same seed
 C2ST against the reference posteriors with the same keys), so the C2ST can be
 compared with that benchmark's `sbi` rows. Only sbi_kit is run, in one process
 (compilation is paid by the first seed only; compare epochs, not times, across
-seeds). Used on 2026-11-25 to choose NPE's training defaults.
+seeds). Used on 2026-11-25 to test the opt-in moving average (`ema_epochs`); NPE's
+defaults were kept (RESULTS_sbi.md).
 
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
     python benchmarks/npe_training_settings.py '{"lr_decays": 2, "learning_rate": 5e-4, "patience": 20, "ema_epochs": null}' 0,1,2
+    python benchmarks/npe_training_settings.py '{"ema_epochs": 16, "learning_rate": 1e-3, "patience": 10, "lr_decays": 0}' 0,1,2
     python benchmarks/npe_training_settings.py '{}' 0,1,2          # the defaults
     python benchmarks/npe_training_settings.py '{}' 0 noc2st       # + the validation-loss trace, no C2ST
 """
