@@ -27,6 +27,12 @@ energy, ``u_1 = -log p~`` the target energy), step size ``e``:
   kernel is itself (reversible for ``N(0, I)``). The ratio then telescopes to
   ``dS = -sum_k [K(v after leapfrog k) - K(v before leapfrog k)]`` with
   ``K(v) = |v|^2 / 2`` -- exact, no discretisation error in the weight.
+* ``"hmc"`` (Hamiltonian Monte Carlo: a fresh ``N(0, I)`` momentum, ``L``
+  leapfrog steps of size ``e``, a Metropolis accept/reject on the total
+  energy): reversible for ``exp(-u_lam)`` like MALA, so ``dS = u_lam(x_t) -
+  u_lam(x_{t-1})`` on acceptance and 0 on rejection, with the same
+  straight-through gradient. Long trajectories move far per target
+  evaluation, which is what tempered SMC relies on in high dimensions.
 * ``"flow"``: a deterministic bijector, ``dS = log|det dT/dx|``.
 
 Each stochastic stage also has a backward sampler (``x_t -> x_{t-1}``) with
@@ -50,7 +56,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-STOCHASTIC_KINDS = ("langevin", "mala", "rwmh", "underdamped")
+STOCHASTIC_KINDS = ("langevin", "mala", "rwmh", "underdamped", "hmc")
 
 
 class PathState(NamedTuple):
@@ -195,6 +201,40 @@ def _metropolis(state: PathState, key, u, eps, num_steps, backward: bool, adjust
     return PathState(x, ds, ok, acc)
 
 
+def _hmc(state: PathState, key, u, eps, num_steps, num_leapfrogs: int, backward: bool) -> PathState:
+    vg = _value_and_grad(u)
+
+    def leapfrog(carry, _):
+        y, p, g, ok = carry
+        p = p - 0.5 * eps * g
+        y = y + eps * p
+        uy, g, ok_y = vg(y)
+        p = p - 0.5 * eps * g
+        return (y, p, g, ok & ok_y), uy
+
+    def one(carry, k):
+        x, ux, gx, ds, ok, acc = carry
+        k_mom, k_acc = jax.random.split(k)
+        p0 = jax.random.normal(k_mom, x.shape, x.dtype)
+        (y, p1, gy, ok_y), uys = jax.lax.scan(leapfrog, (x, p0, gx, jnp.asarray(True)), None, length=num_leapfrogs)
+        uy = uys[-1]
+        log_alpha = jax.lax.stop_gradient(ux - uy + 0.5 * jnp.sum(p0 * p0) - 0.5 * jnp.sum(p1 * p1))
+        log_u = jnp.log(jax.random.uniform(k_acc, (), x.dtype))
+        accept = ok_y & _finite(y, p1) & jnp.isfinite(log_alpha) & (log_u < log_alpha)
+        # As for MALA: the kernel is its own reversal, dS is the energy change of the move.
+        step_ds = jnp.where(accept, (ux - uy) if backward else (uy - ux), 0.0)
+        x = jnp.where(accept, y, x)
+        ux = jnp.where(accept, uy, ux)
+        gx = jnp.where(accept, gy, gx)
+        return (x, ux, gx, ds + step_ds, ok, acc + accept.astype(x.dtype)), None
+
+    ux, gx, ok0 = vg(state.x)
+    keys = jax.random.split(key, num_steps)
+    carry = (state.x, ux, gx, state.delta_s, state.ok & ok0, state.num_accepted)
+    (x, _, _, ds, ok, acc), _ = jax.lax.scan(one, carry, keys)
+    return PathState(x, ds, ok, acc)
+
+
 def _underdamped(state: PathState, key, u, eps, friction, num_steps, backward: bool) -> PathState:
     vg = _value_and_grad(u)
     a = jnp.exp(-friction * eps)
@@ -238,7 +278,7 @@ def _underdamped(state: PathState, key, u, eps, friction, num_steps, backward: b
 
 
 def stochastic_step(kind: str, state: PathState, key, log_target, base_scale, lam, eps, friction,
-                    num_steps: int, backward: bool = False) -> PathState:
+                    num_steps: int, backward: bool = False, num_leapfrogs: int = 1) -> PathState:
     """Apply one stochastic block to one sample (``backward``: sample ``x_{t-1}`` given ``x_t``).
 
     Args:
@@ -251,6 +291,8 @@ def stochastic_step(kind: str, state: PathState, key, log_target, base_scale, la
       eps: step size (Langevin/MALA time step, random-walk proposal std), > 0.
       friction: underdamped friction (ignored otherwise).
       num_steps: repetitions of the kernel inside the block (static).
+      backward: sample ``x_{t-1}`` given ``x_t`` instead.
+      num_leapfrogs: leapfrog steps per HMC proposal (``"hmc"`` only; static).
 
     Returns:
       The updated `PathState` (``delta_s`` includes this block's ``dS``).
@@ -264,11 +306,15 @@ def stochastic_step(kind: str, state: PathState, key, log_target, base_scale, la
         return _metropolis(state, key, u, eps, num_steps, backward, False)
     if kind == "underdamped":
         return _underdamped(state, key, u, eps, friction, num_steps, backward)
+    if kind == "hmc":
+        return _hmc(state, key, u, eps, num_steps, num_leapfrogs, backward)
     raise ValueError(f"unknown stochastic block kind {kind!r}; choose one of {list(STOCHASTIC_KINDS)}")
 
 
-def energy_evals_per_block(kind: str, num_steps: int) -> int:
+def energy_evals_per_block(kind: str, num_steps: int, num_leapfrogs: int = 1) -> int:
     """Target log-density(-and-gradient) evaluations of one block on one sample (forward)."""
+    if kind == "hmc":
+        return 1 + num_steps * num_leapfrogs
     if kind in STOCHASTIC_KINDS:
         return 1 + num_steps
     raise ValueError(f"unknown stochastic block kind {kind!r}")

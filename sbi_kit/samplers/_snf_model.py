@@ -52,11 +52,13 @@ class StochasticBlock(NamedTuple):
     """A stochastic block at interpolation ``lam`` between base (0) and target (1).
 
     Attributes:
-      kind: ``"langevin"`` (unadjusted), ``"mala"``, ``"rwmh"`` or ``"underdamped"``.
+      kind: ``"langevin"`` (unadjusted), ``"mala"``, ``"rwmh"``, ``"underdamped"`` or ``"hmc"``.
       lam: interpolation parameter in [0, 1]; the last stochastic block must have 1.
       step_size: Langevin/MALA/underdamped time step, or random-walk proposal std; > 0.
       num_steps: kernel repetitions inside the block, >= 1.
       friction: underdamped Langevin friction ``gamma`` > 0 (refresh ``a = exp(-gamma eps)``).
+      num_leapfrogs: leapfrog steps per HMC proposal, >= 1 (``"hmc"`` only;
+        each costs one gradient evaluation).
     """
 
     kind: str
@@ -64,6 +66,7 @@ class StochasticBlock(NamedTuple):
     step_size: float = 0.1
     num_steps: int = 1
     friction: float = 1.0
+    num_leapfrogs: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +138,7 @@ class SNF:
     def target_evals_per_sample(self) -> int:
         """Target evaluations per forward path (stochastic blocks plus the final ``log p(x_T)``)."""
         return 1 + sum(
-            energy_evals_per_block(s.kind, s.num_steps)
+            energy_evals_per_block(s.kind, s.num_steps, s.num_leapfrogs)
             for s in self.config.stages if isinstance(s, StochasticBlock)
         )
 
@@ -159,6 +162,8 @@ def _check_block(i: int, b: StochasticBlock) -> None:
         raise ValueError(f"block {i}: friction must be > 0, got {b.friction}")
     if not _is_int(b.num_steps, 1):
         raise ValueError(f"block {i}: num_steps must be an int >= 1, got {b.num_steps!r}")
+    if not _is_int(b.num_leapfrogs, 1):
+        raise ValueError(f"block {i}: num_leapfrogs must be an int >= 1, got {b.num_leapfrogs!r}")
 
 
 def make_snf(
@@ -239,7 +244,7 @@ def make_snf(
     for k, b in zip(keys, blocks):
         if isinstance(b, StochasticBlock):
             stages.append(b._replace(lam=float(b.lam), step_size=float(b.step_size), friction=float(b.friction),
-                                     num_steps=int(b.num_steps)))
+                                     num_steps=int(b.num_steps), num_leapfrogs=int(b.num_leapfrogs)))
             params.append({"lam": jnp.asarray(b.lam, dt), "log_step_size": jnp.asarray(math.log(b.step_size), dt)})
         else:
             flow = b if isinstance(b, Flow) else make_flow(
@@ -306,7 +311,7 @@ def _run_stages(snf: SNF, log_target, state: PathState, key, backward: bool) -> 
         spec, p = c.stages[i], snf.params[i]
         if isinstance(spec, StochasticBlock):
             state = stochastic_step(spec.kind, state, keys[i], log_target, c.base_scale, _lam(c, i, p),
-                                    _step(c, p), spec.friction, spec.num_steps, backward)
+                                    _step(c, p), spec.friction, spec.num_steps, backward, spec.num_leapfrogs)
         else:
             flow = Flow(spec, p)
             if backward:

@@ -56,8 +56,10 @@ from sbi_kit.samplers._snf_model import (
     guarded_target,
     make_snf,
 )
+from sbi_kit.samplers._snf_population import sample_populations
 from sbi_kit.samplers._snf_train import LOSSES, train_snf
 from sbi_kit.samplers._snf_weights import (
+    log_mean_exp,
     log_z_and_se,
     pareto_k,
     systematic_resample_indices,
@@ -84,7 +86,9 @@ class SNFResult(NamedTuple):
       log_weights: ``(num_batches, n)`` numpy float64.
       log_z: ``log mean w`` over all draws (float).
       log_z_se: its standard error (delta method; with several batches, the
-        larger of that and the batch-means error).
+        larger of that and the batch-means error). With resampling, the
+        batch-means error alone (NaN for a single batch: resampled weights
+        have no per-draw error formula).
       is_ess: normalised IS effective sample size ``(sum w)^2 / (n sum w^2)``.
       pareto_k: PSIS shape estimate of the weights: above 0.5 the weights'
         variance is infinite and ``log_z_se`` understates the error (log Z
@@ -92,6 +96,8 @@ class SNFResult(NamedTuple):
       num_invalid: paths that met a non-finite energy (weight zero).
       num_target_evals: target evaluations of the sampling pass.
       snf: the `SNF` that was sampled.
+      num_resampled: resampling steps per batch, numpy ``(num_batches,)``
+        (all 0 without ``resample_threshold``).
     """
 
     trace: Trace
@@ -103,6 +109,7 @@ class SNFResult(NamedTuple):
     num_invalid: int
     num_target_evals: int
     snf: SNF
+    num_resampled: np.ndarray | None = None
 
     def resample(self, key: Array, n: int) -> np.ndarray:
         """``n`` equally weighted draws ``(n, dim)`` by systematic resampling of all batches."""
@@ -130,7 +137,17 @@ def default_blocks(num_flow_blocks: int = 2, layers_per_block: int = 2, hidden=(
     return blocks
 
 
-def sample_snf(snf_model: SNF, target: Target, key: Array, num_samples: int, *, num_batches: int = 1) -> SNFResult:
+def _check_threshold(resample_threshold) -> float | None:
+    if resample_threshold is None:
+        return None
+    ok = isinstance(resample_threshold, (int, float, np.floating)) and not isinstance(resample_threshold, bool)
+    if not ok or not (0.0 < float(resample_threshold) <= 1.0):
+        raise ValueError(f"resample_threshold must be None or a number in (0, 1], got {resample_threshold!r}")
+    return float(resample_threshold)
+
+
+def sample_snf(snf_model: SNF, target: Target, key: Array, num_samples: int, *, num_batches: int = 1,
+               resample_threshold: float | None = None) -> SNFResult:
     """Weighted draws of an SNF: positions and log weights from the same forward pass.
 
     Args:
@@ -140,6 +157,16 @@ def sample_snf(snf_model: SNF, target: Target, key: Array, num_samples: int, *, 
       num_samples: draws per batch, >= 2.
       num_batches: independent batches (the Trace's chain axis), >= 1; with
         more than one, ``log_z_se`` also checks the batch-to-batch spread.
+      resample_threshold: None (default: every path keeps its own importance
+        weight), or a number in (0, 1]: each batch is then a population that
+        is resampled before a stochastic block whenever the effective sample
+        size of its running weights is below ``resample_threshold *
+        num_samples`` (1: before every stochastic block). This is the SMC
+        form of the SNF (annealed flow transport): far less weight
+        degeneracy on multimodal or high-dimensional targets, ``log Z`` still
+        unbiased (exactly so with 1, consistent with an ESS trigger), at one
+        extra target evaluation per particle and stochastic block. Use
+        ``num_batches >= 2`` to get ``log_z_se``.
 
     Returns:
       An `SNFResult`. Paths meeting a NaN/inf energy get weight zero and are
@@ -148,39 +175,66 @@ def sample_snf(snf_model: SNF, target: Target, key: Array, num_samples: int, *, 
     check_snf_for_target(snf_model, target)
     n = _check_int(num_samples, "num_samples", 2)
     b = _check_int(num_batches, "num_batches", 1)
+    threshold = _check_threshold(resample_threshold)
     log_target = guarded_target(target, snf_model.dtype.name)
+    evals_per = snf_model.target_evals_per_sample()
     t0 = time.perf_counter()
-    keys = jax.random.split(key, n * b)
-    # The sample axis is the "chain" axis of sbi_kit.run: split over devices when there are several.
-    mesh = chain_mesh(n * b) if len(jax.devices()) > 1 else None
-    keys = shard_chains(keys, mesh)
-    out = _sample_fn(snf_model, log_target, keys)
-    out = jax.tree.map(np.asarray, out)
+    if threshold is None:
+        keys = jax.random.split(key, n * b)
+        # The sample axis is the "chain" axis of sbi_kit.run: split over devices when there are several.
+        mesh = chain_mesh(n * b) if len(jax.devices()) > 1 else None
+        keys = shard_chains(keys, mesh)
+        out = jax.tree.map(np.asarray, _sample_fn(snf_model, log_target, keys))
+        num_resampled = np.zeros(b, np.int64)
+        num_invalid = int(np.sum(~out.ok))
+    else:
+        keys = jax.random.split(key, b)
+        # Populations interact through resampling: the batch axis is what devices split.
+        mesh = chain_mesh(b) if len(jax.devices()) > 1 else None
+        out = jax.tree.map(np.asarray, sample_populations(snf_model, log_target, shard_chains(keys, mesh), n,
+                                                          threshold))
+        num_resampled = out.num_resampled.astype(np.int64)
+        num_invalid = int(np.sum(~out.ok) + np.sum(out.num_dropped))
+        # One evaluation of the intermediate density per particle at each resampling point.
+        evals_per += sum(isinstance(s, StochasticBlock) for s in snf_model.config.stages)
     elapsed = time.perf_counter() - t0
 
     lw = out.log_weight.astype(np.float64).reshape(b, n)
-    num_invalid = int(np.sum(~out.ok))
-    evals_per = snf_model.target_evals_per_sample()
+    ok = out.ok.reshape(b, n)
     stats = {
         "log_weight": lw,
-        "lp": np.where(out.ok, out.log_target, -np.inf).reshape(b, n),
+        "lp": np.where(ok, out.log_target.reshape(b, n), -np.inf),
         "num_grad_evals": np.full((b, n), evals_per, np.int64),
     }
     num_mh = sum(s.num_steps for s in snf_model.config.stages
-                 if isinstance(s, StochasticBlock) and s.kind in ("mala", "rwmh"))
+                 if isinstance(s, StochasticBlock) and s.kind in ("mala", "rwmh", "hmc"))
     if num_mh:
         stats["acceptance_rate"] = (out.num_accepted / num_mh).reshape(b, n)
     positions = out.x.reshape(b, n, snf_model.dim)
-    if np.all(~out.ok):
+    if not np.any(ok):
         log_z, se, ess, k = -math.inf, math.inf, 0.0, math.nan
     else:
-        log_z, se = log_z_and_se(lw)
+        log_z, se = log_z_and_se(lw) if threshold is None else _resampled_log_z_and_se(lw)
         ess = _is_ess(lw)
         k = pareto_k(lw)
     trace = Trace(positions, stats, target, "snf",
                   {"sampling_time": elapsed, "num_invalid": num_invalid, "log_z": log_z, "log_z_se": se,
-                   "is_ess": ess, "pareto_k": k, "num_target_evals": n * b * evals_per})
-    return SNFResult(trace, lw, log_z, se, ess, k, num_invalid, n * b * evals_per, snf_model)
+                   "is_ess": ess, "pareto_k": k, "num_target_evals": n * b * evals_per,
+                   "resample_threshold": threshold, "num_resampled": num_resampled.tolist()})
+    return SNFResult(trace, lw, log_z, se, ess, k, num_invalid, n * b * evals_per, snf_model, num_resampled)
+
+
+def _resampled_log_z_and_se(lw: np.ndarray) -> tuple[float, float]:
+    """``log Z`` (log mean of the batches' estimates) and its batch-means SE; NaN SE for one batch."""
+    log_z = log_mean_exp(lw.ravel())
+    per_batch = np.array([log_mean_exp(row) for row in lw])
+    if lw.shape[0] < 2:
+        return log_z, math.nan
+    if not np.all(np.isfinite(per_batch)):
+        return log_z, math.inf
+    # Delta method on the mean of the batches' Z estimates.
+    z = np.exp(per_batch - np.max(per_batch))
+    return log_z, float(np.std(z, ddof=1) / (math.sqrt(z.size) * np.mean(z)))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -205,6 +259,7 @@ def snf(
     num_batches: int = 1,
     train_lambdas: bool = False,
     train_step_sizes: bool = True,
+    resample_threshold: float | None = None,
 ) -> SNFResult:
     """Build, train and sample a stochastic normalizing flow for ``target``.
 
@@ -216,7 +271,8 @@ def snf(
         MALA steps, at ``lam = 0.5`` and ``1``).
       base_scale: std of the ``N(0, s^2 I)`` base.
       num_train_steps, batch_size, learning_rate, loss, alpha, draws: see `train_snf`.
-      num_samples, num_batches: see `sample_snf`.
+      num_samples, num_batches, resample_threshold: see `sample_snf` (training
+        runs without resampling: its paths are differentiated end to end).
       train_lambdas, train_step_sizes: see `make_snf`.
 
     Returns:
@@ -231,11 +287,13 @@ def snf(
     # Check the sampling settings before the (long) training.
     _check_int(num_samples, "num_samples", 2)
     _check_int(num_batches, "num_batches", 1)
+    _check_threshold(resample_threshold)
     t0 = time.perf_counter()
     model, info = train_snf(model, target, k_train, num_steps=num_train_steps, batch_size=batch_size,
                             learning_rate=learning_rate, loss=loss, alpha=alpha, draws=draws)
     train_time = time.perf_counter() - t0
-    result = sample_snf(model, target, k_sample, num_samples, num_batches=num_batches)
+    result = sample_snf(model, target, k_sample, num_samples, num_batches=num_batches,
+                        resample_threshold=resample_threshold)
     result.trace.info.update(train_losses=info.losses, train_target_evals=info.num_target_evals,
                              warmup_time=train_time)
     return result

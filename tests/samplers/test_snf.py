@@ -61,14 +61,14 @@ def _check_exact(result: SNFResult, target, what, allow_invalid=False):
     return z_logz
 
 
-KINDS = ("langevin", "mala", "rwmh", "underdamped")
+KINDS = ("langevin", "mala", "rwmh", "underdamped", "hmc")
 GAUSS = dict(mean=np.array([1.0, -0.5]), scale=0.7)
 
 
 def _big_step_blocks(kind):
     """Two blocks of one kind with steps large enough that every path term matters."""
     step = 0.5 if kind == "rwmh" else 0.3
-    return [StochasticBlock(kind, lam, step, 5, friction=0.5) for lam in (0.5, 1.0)]
+    return [StochasticBlock(kind, lam, step, 5, friction=0.5, num_leapfrogs=4) for lam in (0.5, 1.0)]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -229,9 +229,11 @@ def test_bad_input_raises_before_running():
     with pytest.raises(ValueError, match="step_size"):
         make_snf(key, target, [StochasticBlock("langevin", 1.0, 0.0)])
     with pytest.raises(ValueError, match="unknown stochastic block kind"):
-        make_snf(key, target, [StochasticBlock("hmc", 1.0)])
+        make_snf(key, target, [StochasticBlock("nuts", 1.0)])
     with pytest.raises(ValueError, match="lam"):
         make_snf(key, target, [StochasticBlock("mala", 1.5)])
+    with pytest.raises(ValueError, match="num_leapfrogs"):
+        make_snf(key, target, [StochasticBlock("hmc", 1.0, num_leapfrogs=0)])
     with pytest.raises(ValueError, match="empty"):
         make_snf(key, target, [])
     with pytest.raises(TypeError, match="block 0"):
@@ -295,7 +297,16 @@ r = sample_snf(m, t, jax.random.PRNGKey(2), 200, num_batches=2)
 keys = jax.random.split(jax.random.PRNGKey(2), 400)
 sharded = snf_module._sample_fn(m, guarded_target(t, m.dtype.name), snf_module.shard_chains(keys, snf_module.chain_mesh(400)))
 plain = snf_module._sample_fn(m, guarded_target(t, m.dtype.name), keys)
+from sbi_kit.samplers._snf_population import sample_populations
+lt = guarded_target(t, m.dtype.name)
+kb = jax.random.split(jax.random.PRNGKey(3), 4)
+pop_sharded = sample_populations(m, lt, snf_module.shard_chains(kb, snf_module.chain_mesh(4)), 100, 0.5)
+pop_plain = sample_populations(m, lt, kb, 100, 0.5)
+rp = sample_snf(m, t, jax.random.PRNGKey(3), 100, num_batches=4, resample_threshold=0.5)
 print(json.dumps({"devices": len(sharded.log_weight.sharding.device_set),
+                  "pop_devices": len(pop_sharded.log_weight.sharding.device_set),
+                  "pop_diff": float(np.max(np.abs(np.asarray(pop_sharded.log_weight) - np.asarray(pop_plain.log_weight)))),
+                  "pop_result_diff": float(np.max(np.abs(rp.log_weights - np.asarray(pop_plain.log_weight)))),
                   "diff": float(np.max(np.abs(np.asarray(sharded.log_weight) - np.asarray(plain.log_weight)))),
                   "result_diff": float(np.max(np.abs(r.log_weights.ravel() - np.asarray(plain.log_weight)))),
                   "losses_finite": bool(np.all(np.isfinite(info.losses)))}))
@@ -303,6 +314,7 @@ print(json.dumps({"devices": len(sharded.log_weight.sharding.device_set),
 
 
 def test_sample_axis_sharded_over_four_devices():
+    """Plain paths split over 4 CPU devices by sample, resampled populations by batch; both match one device."""
     import json
     import os
     import subprocess
@@ -315,3 +327,6 @@ def test_sample_axis_sharded_over_four_devices():
     assert res["devices"] == 4
     assert res["diff"] < 1e-4 and res["result_diff"] < 1e-4
     assert res["losses_finite"]
+    # Resampled populations: the batch axis is what the devices split.
+    assert res["pop_devices"] == 4
+    assert res["pop_diff"] < 1e-4 and res["pop_result_diff"] < 1e-4
