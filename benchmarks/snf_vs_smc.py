@@ -31,7 +31,7 @@ the random-walk SMC is a weak baseline (3.1-3.8 nats off), the HMC one is not.
 takes to catch up; the equal-budget rows have factor 1).
 
 Reproduce:  python benchmarks/snf_vs_smc.py [--quick] [--seeds 0] [--targets gmm40,many_well] [--budget-factor 1]
-            [--train-fraction 0.5] [--smc-hmc 5,0.1,10]
+            [--train-fraction 0.5] [--smc-hmc 5,0.1,10] [--resample-threshold 0.5] [--snf-config JSON]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -77,31 +78,40 @@ def snf_blocks(cfg, scale):
             blocks.append(FlowBlock(2, "affine", (32, 32)))
         lam = (k / K) ** cfg["power"]
         curv = (1 - lam) / scale**2 + lam * cfg["curvature"]
-        blocks.append(StochasticBlock(cfg["kind"], lam, cfg["step"] / curv, cfg["m"]))
+        # MALA's time step scales as 1 / curvature; an HMC leapfrog step (SMC's rule) stays fixed.
+        step = cfg["step"] if cfg["kind"] == "hmc" else cfg["step"] / curv
+        blocks.append(StochasticBlock(cfg["kind"], lam, step, cfg["m"], num_leapfrogs=cfg.get("leapfrogs", 10)))
     return blocks
 
 
-def run_snf(target, key, scale, cfg, budget, quick, train_fraction=0.5):
+def run_snf(target, key, scale, cfg, budget, quick, train_fraction=0.5, resample_threshold=None):
     # Four independent keys up front: the resampling key must not be derived from the sampling key
     # (fold_in(k, 1) equals split(k, n)[1], one of the path keys).
     k_make, k_train, k_sample, k_resample = jax.random.split(key, 4)
     model = make_snf(k_make, target, snf_blocks(cfg, scale), base_scale=scale)
     per_path = model.target_evals_per_sample()
+    # Resampling evaluates the intermediate density once per particle before each stochastic block.
+    per_sample_path = per_path + (cfg["K"] if resample_threshold is not None else 0)
     batch = 32 if quick else 64
-    n_samples = max(N_EVAL, 2000)
+    batches = cfg.get("batches", 4)
+    # Without resampling at least N_EVAL weighted draws (as the earlier rows); with resampling the
+    # budget alone sets the population (resampled populations give N_EVAL equally weighted draws anyway).
+    n_samples = N_EVAL if resample_threshold is None else 2 * batches
     # A share of the budget (default half, at most max_train_steps) for training, the rest for sampling.
     train_budget = int(train_fraction * budget)
     train_steps = min(20, train_budget // (batch * per_path)) if quick else max(
         0, min(cfg.get("max_train_steps", 300), train_budget // (batch * per_path)))
-    n_samples = max(n_samples, (budget - train_steps * batch * per_path) // per_path)
+    n_samples = max(n_samples, (budget - train_steps * batch * per_path) // per_sample_path)
     model, info = train_snf(model, target, k_train, num_steps=train_steps, batch_size=batch,
                             learning_rate=cfg.get("lr", 1e-3), loss="reverse_kl", chunk_size=max(1, min(50, train_steps)))
-    res = sample_snf(model, target, k_sample, int(n_samples // 4), num_batches=4)
+    res = sample_snf(model, target, k_sample, int(n_samples // batches), num_batches=batches,
+                     resample_threshold=resample_threshold)
     draws = res.resample(k_resample, N_EVAL)
     extra = {"train_steps": train_steps, "num_samples": int(res.log_weights.size), "is_ess": res.is_ess,
              "pareto_k": res.pareto_k, "log_z_se": res.log_z_se, "num_invalid": res.num_invalid,
              "train_target_evals": info.num_target_evals, "sample_target_evals": res.num_target_evals,
-             "step_sizes": [round(v, 4) for v in model.schedule()["step_size"].tolist()]}
+             "step_sizes": [round(v, 4) for v in model.schedule()["step_size"].tolist()],
+             "resample_threshold": resample_threshold, "num_resampled": res.num_resampled.tolist()}
     return draws, res.log_z, info.num_target_evals + res.num_target_evals, extra
 
 
@@ -113,6 +123,9 @@ def main() -> None:
     parser.add_argument("--methods", default="smc,snf")
     parser.add_argument("--train-fraction", type=float, default=0.5,
                         help="share of the SNF budget spent on training (0: untrained SNF = annealed IS)")
+    parser.add_argument("--resample-threshold", type=float, default=None,
+                        help="SNF with resampling (annealed flow transport): resample each of the 4 populations "
+                             "before a stochastic block when its ESS fraction is below this (1: always)")
     parser.add_argument("--smc-hmc", default=None,
                         help="SMC moves: 'M,h,L' = M HMC steps of step size h and L leapfrogs per level "
                              "(default: 10 random-walk steps)")
@@ -120,11 +133,13 @@ def main() -> None:
                         help="SNF budget = factor x SMC's target evaluations (default 1: equal budgets)")
     parser.add_argument("--snf-config", default=None,
                         help="JSON merged over the target's SNF settings, e.g. '{\"K\": 16, \"m\": 10}' "
-                             "(K stochastic blocks of m steps, flow_every, step, curvature, power, kind, lr, "
+                             "(K stochastic blocks of m steps, flow_every, step, curvature, power, kind "
+                             "(mala|hmc|...), leapfrogs (hmc), batches (independent populations, default 4), lr, "
                              "max_train_steps)")
     args = parser.parse_args()
     overrides = json.loads(args.snf_config) if args.snf_config else {}
-    unknown = set(overrides) - {"K", "m", "step", "curvature", "power", "flow_every", "kind", "lr", "max_train_steps"}
+    unknown = set(overrides) - {"K", "m", "step", "curvature", "power", "flow_every", "kind", "lr", "max_train_steps",
+                                "leapfrogs", "batches"}
     if unknown:
         parser.error(f"--snf-config: unknown keys {sorted(unknown)}")
     hmc = None
@@ -133,7 +148,7 @@ def main() -> None:
         hmc = (int(m), float(h), int(leap))
     # Every output line is JSON (the file is valid JSONL): the command goes into the environment line.
     print(json.dumps({"benchmark": "snf_vs_smc", "kind": "env",
-                      "reproduce": "python benchmarks/snf_vs_smc.py " + " ".join(sys.argv[1:]),
+                      "reproduce": "python benchmarks/snf_vs_smc.py " + shlex.join(sys.argv[1:]),
                       "loadavg": os.getloadavg(), "jax": jax.__version__, "backend": jax.default_backend()}),
           flush=True)
     for name in args.targets.split(","):
@@ -153,12 +168,14 @@ def main() -> None:
                 else:
                     b = budget if budget is not None else (400_000 if not args.quick else 50_000)
                     b = int(args.budget_factor * b)
-                    x, log_z, evals, extra = run_snf(target, key, scale, cfg, b, args.quick, args.train_fraction)
+                    x, log_z, evals, extra = run_snf(target, key, scale, cfg, b, args.quick, args.train_fraction,
+                                                     args.resample_threshold)
                 wall = time.perf_counter() - t0
                 finite = np.all(np.isfinite(x), axis=1)
                 row = {"benchmark": "snf_vs_smc", "target": name, "method": method, "seed": seed,
                        "budget_factor": args.budget_factor if method == "snf" else 1.0,
                        "train_fraction": args.train_fraction if method == "snf" else None,
+                       "resample_threshold": args.resample_threshold if method == "snf" else None,
                        "quick": args.quick, "log_z": log_z, "log_z_true": target.log_Z,
                        "log_z_error": abs(log_z - target.log_Z) if np.isfinite(log_z) else None,
                        "mmd": round(mmd(x[finite][:N_EVAL], exact), 4), "mmd_floor": round(floor, 4),
