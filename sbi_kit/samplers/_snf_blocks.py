@@ -167,23 +167,18 @@ def _value_only(u):
     return f
 
 
-def _metropolis(state: PathState, key, u, eps, num_steps, backward: bool, adjusted_langevin: bool) -> PathState:
-    # RWMH evaluates the energy only: no wasted gradient, and no rejection for a non-finite gradient.
-    vg = _value_and_grad(u) if adjusted_langevin else _value_only(u)
+def _mh_block(state: PathState, key, vg, propose, num_steps, backward: bool) -> PathState:
+    """``num_steps`` Metropolis-Hastings steps: the accept/reject and path term shared by MALA, RWMH and HMC.
+
+    ``propose(x, gx, key) -> (y, uy, gy, ok_y, log_q_ratio)`` draws a proposal
+    from ``x`` (force ``gx``) and returns its energy, force, finiteness and
+    ``log q(x | y) - log q(y | x)`` (for HMC the kinetic-energy change).
+    """
 
     def one(carry, k):
         x, ux, gx, ds, ok, acc = carry
         k_prop, k_acc = jax.random.split(k)
-        eta = jax.random.normal(k_prop, x.shape, x.dtype)
-        if adjusted_langevin:
-            y = x - eps * gx + jnp.sqrt(2.0 * eps) * eta
-            uy, gy, ok_y = vg(y)
-            rev = x - y + eps * gy
-            log_q_ratio = 0.5 * jnp.sum(eta * eta) - jnp.sum(rev * rev) / (4.0 * eps)
-        else:
-            y = x + eps * eta
-            uy, gy, ok_y = vg(y)
-            log_q_ratio = jnp.zeros((), x.dtype)
+        y, uy, gy, ok_y, log_q_ratio = propose(x, gx, k_prop)
         log_alpha = jax.lax.stop_gradient(ux - uy + log_q_ratio)
         log_u = jnp.log(jax.random.uniform(k_acc, (), x.dtype))
         accept = ok_y & _finite(y) & jnp.isfinite(log_alpha) & (log_u < log_alpha)
@@ -201,6 +196,24 @@ def _metropolis(state: PathState, key, u, eps, num_steps, backward: bool, adjust
     return PathState(x, ds, ok, acc)
 
 
+def _metropolis(state: PathState, key, u, eps, num_steps, backward: bool, adjusted_langevin: bool) -> PathState:
+    # RWMH evaluates the energy only: no wasted gradient, and no rejection for a non-finite gradient.
+    vg = _value_and_grad(u) if adjusted_langevin else _value_only(u)
+
+    def propose(x, gx, k):
+        eta = jax.random.normal(k, x.shape, x.dtype)
+        if not adjusted_langevin:
+            y = x + eps * eta
+            uy, gy, ok_y = vg(y)
+            return y, uy, gy, ok_y, jnp.zeros((), x.dtype)
+        y = x - eps * gx + jnp.sqrt(2.0 * eps) * eta
+        uy, gy, ok_y = vg(y)
+        rev = x - y + eps * gy
+        return y, uy, gy, ok_y, 0.5 * jnp.sum(eta * eta) - jnp.sum(rev * rev) / (4.0 * eps)
+
+    return _mh_block(state, key, vg, propose, num_steps, backward)
+
+
 def _hmc(state: PathState, key, u, eps, num_steps, num_leapfrogs: int, backward: bool) -> PathState:
     vg = _value_and_grad(u)
 
@@ -212,27 +225,13 @@ def _hmc(state: PathState, key, u, eps, num_steps, num_leapfrogs: int, backward:
         p = p - 0.5 * eps * g
         return (y, p, g, ok & ok_y), uy
 
-    def one(carry, k):
-        x, ux, gx, ds, ok, acc = carry
-        k_mom, k_acc = jax.random.split(k)
-        p0 = jax.random.normal(k_mom, x.shape, x.dtype)
+    def propose(x, gx, k):
+        p0 = jax.random.normal(k, x.shape, x.dtype)
         (y, p1, gy, ok_y), uys = jax.lax.scan(leapfrog, (x, p0, gx, jnp.asarray(True)), None, length=num_leapfrogs)
-        uy = uys[-1]
-        log_alpha = jax.lax.stop_gradient(ux - uy + 0.5 * jnp.sum(p0 * p0) - 0.5 * jnp.sum(p1 * p1))
-        log_u = jnp.log(jax.random.uniform(k_acc, (), x.dtype))
-        accept = ok_y & _finite(y, p1) & jnp.isfinite(log_alpha) & (log_u < log_alpha)
-        # As for MALA: the kernel is its own reversal, dS is the energy change of the move.
-        step_ds = jnp.where(accept, (ux - uy) if backward else (uy - ux), 0.0)
-        x = jnp.where(accept, y, x)
-        ux = jnp.where(accept, uy, ux)
-        gx = jnp.where(accept, gy, gx)
-        return (x, ux, gx, ds + step_ds, ok, acc + accept.astype(x.dtype)), None
+        # As for MALA: the kernel is its own reversal, so dS is the energy change of the move.
+        return y, uys[-1], gy, ok_y & _finite(p1), 0.5 * jnp.sum(p0 * p0) - 0.5 * jnp.sum(p1 * p1)
 
-    ux, gx, ok0 = vg(state.x)
-    keys = jax.random.split(key, num_steps)
-    carry = (state.x, ux, gx, state.delta_s, state.ok & ok0, state.num_accepted)
-    (x, _, _, ds, ok, acc), _ = jax.lax.scan(one, carry, keys)
-    return PathState(x, ds, ok, acc)
+    return _mh_block(state, key, vg, propose, num_steps, backward)
 
 
 def _underdamped(state: PathState, key, u, eps, friction, num_steps, backward: bool) -> PathState:

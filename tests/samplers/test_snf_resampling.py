@@ -132,17 +132,9 @@ def test_resampling_rescues_degenerate_weights_on_many_well():
     assert abs(z) < Z_MAX, (resampled.log_z, target.log_Z, resampled.log_z_se)
 
 
-def test_resampling_drops_and_counts_nan_paths():
+def test_resampling_drops_and_counts_nan_paths(nan_well):
     """NaN energy right of 1.4; invalid particles are dropped at resampling and counted; nothing is NaN."""
-    good = double_well(1)
-
-    def log_density(x):
-        return jnp.where(x[0] > 1.4, jnp.nan, good.log_density(x))
-
-    target = from_logdensity(log_density, 1, name="nan_well")
-    grid = np.linspace(-6.0, 1.4, 40001)
-    dens = np.exp(np.asarray(jax.vmap(good.log_density)(jnp.asarray(grid[:, None], jnp.float32)), np.float64))
-    log_z_trunc = np.log(np.sum((dens[1:] + dens[:-1]) / 2) * (grid[1] - grid[0]))
+    target, log_z_trunc, _ = nan_well
     blocks = [FlowBlock(2, hidden=(8,)), StochasticBlock("rwmh", 0.5, 0.5, 2), StochasticBlock("mala", 1.0, 0.05, 2)]
     model = make_snf(jax.random.PRNGKey(0), target, blocks, base_scale=1.5)
     result = sample_snf(model, target, jax.random.PRNGKey(1), 1000, num_batches=16, resample_threshold=1.0)
