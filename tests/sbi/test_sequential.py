@@ -64,18 +64,22 @@ def test_tsnpe_concentrates_and_recovers_posterior(tsnpe):
 def test_truncated_prior_sample_stays_in_region_and_support(tsnpe):
     key = jax.random.PRNGKey(2)
     thr = hpd_threshold(tsnpe, key, X_OBS, 1e-3, 5000)
+    # The region is the HPD region of the fitted posterior q, whose own spread differs from the true
+    # SD by the estimator error (variance ratios 0.77-0.93 over training seeds, see above; lower on
+    # some CPUs, whose float rounding changes the fit), so spreads are compared with q's variance.
+    q_var = np.asarray(tsnpe.sample(jax.random.PRNGKey(3), 20_000, X_OBS).var(0))
     for proposal in ("rejection", "sir"):
         theta, acc = truncated_prior_sample(tsnpe, key, 500, X_OBS, thr, proposal=proposal)
         assert theta.shape == (500, 2)
         assert np.all(np.abs(theta) < 3.0)
         assert np.all(tsnpe.log_prob(theta, X_OBS) >= thr)
-        # The truncated prior is uniform on the region (about the disc holding
-        # 99.9 % of N(x, SD^2 I), radius^2 = 13.8 SD^2): centred on the posterior
-        # mode, with per-coordinate variance radius^2 / 4 = 3.45 SD^2, where
-        # posterior draws would have SD^2 (sd of a variance of 500 draws: ~6 %).
+        # The truncated prior is uniform on the region (about the disc holding 99.9 % of a Gaussian
+        # q, radius^2 = 13.8 var_q): centred on the posterior mode, with per-coordinate variance
+        # radius^2 / 4 = 3.45 var_q, where posterior draws would have var_q (sd of a variance of
+        # 500 draws: ~6 %, so 2.5 var_q is 4.4 sd below 3.45 var_q).
         assert np.all(np.abs(np.asarray(theta.mean(0)) - np.asarray(X_OBS)) < 0.1)
-        assert np.all(np.asarray(theta.var(0)) > 2.5 * SD**2), (proposal, theta.var(0) / SD**2)
-    assert not np.all(np.asarray(tsnpe.sample(key, 5000, X_OBS).var(0)) > 2.5 * SD**2)  # the check can fail
+        assert np.all(np.asarray(theta.var(0)) > 2.5 * q_var), (proposal, np.asarray(theta.var(0)) / q_var)
+    assert not np.all(np.asarray(tsnpe.sample(key, 500, X_OBS).var(0)) > 2.5 * q_var)  # the check can fail
     with pytest.raises(ValueError, match="proposal"):
         truncated_prior_sample(tsnpe, key, 5, X_OBS, thr, proposal="mcmc")
     # Too few prior draws inside the region: the fallback to SIR says so, with the counts.
