@@ -90,8 +90,7 @@ def run_snf(target, key, scale, cfg, budget, quick, train_fraction=0.5, resample
     k_make, k_train, k_sample, k_resample = jax.random.split(key, 4)
     model = make_snf(k_make, target, snf_blocks(cfg, scale), base_scale=scale)
     per_path = model.target_evals_per_sample()
-    # Resampling evaluates the intermediate density once per particle before each stochastic block.
-    per_sample_path = per_path + (cfg["K"] if resample_threshold is not None else 0)
+    per_sample_path = model.target_evals_per_sample(resampling=resample_threshold is not None)
     batch = 32 if quick else 64
     batches = cfg.get("batches", 4)
     # Without resampling at least N_EVAL weighted draws (as the earlier rows); with resampling the

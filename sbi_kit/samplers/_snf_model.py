@@ -135,12 +135,15 @@ class SNF:
                 steps.append(float(jnp.exp(p["log_step_size"])))
         return {"lam": np.asarray(lams), "step_size": np.asarray(steps)}
 
-    def target_evals_per_sample(self) -> int:
-        """Target evaluations per forward path (stochastic blocks plus the final ``log p(x_T)``)."""
-        return 1 + sum(
-            energy_evals_per_block(s.kind, s.num_steps, s.num_leapfrogs)
-            for s in self.config.stages if isinstance(s, StochasticBlock)
-        )
+    def target_evals_per_sample(self, resampling: bool = False) -> int:
+        """Target evaluations per forward path (stochastic blocks plus the final ``log p(x_T)``).
+
+        ``resampling``: add the evaluation of the intermediate density that a
+        resampled population makes before each stochastic block.
+        """
+        blocks = [s for s in self.config.stages if isinstance(s, StochasticBlock)]
+        per_block = sum(energy_evals_per_block(s.kind, s.num_steps, s.num_leapfrogs) for s in blocks)
+        return 1 + per_block + (len(blocks) if resampling else 0)
 
 
 def _is_int(v, minimum) -> bool:
@@ -301,6 +304,25 @@ def _finite(*arrays) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
 
 
+def flow_stage(spec, p, state: PathState, backward: bool = False) -> PathState:
+    """One flow stack (config ``spec``, params ``p``) applied to one sample; ``dS`` is its log-Jacobian.
+
+    A non-finite output or log-det leaves the sample where it was (without
+    gradient) and marks it invalid.
+    """
+    flow = Flow(spec, p)
+    if backward:
+        x, ld_inv = flow._inverse_one(state.x, None)
+        ld = -ld_inv
+    else:
+        x, ld = flow._forward_one(state.x, None)
+    good = _finite(x, ld)
+    return state._replace(
+        x=jnp.where(good, x, jax.lax.stop_gradient(state.x)),
+        delta_s=state.delta_s + jnp.where(good, ld, 0.0), ok=state.ok & good,
+    )
+
+
 def _run_stages(snf: SNF, log_target, state: PathState, key, backward: bool) -> PathState:
     c = snf.config
     order = range(len(c.stages))
@@ -313,18 +335,19 @@ def _run_stages(snf: SNF, log_target, state: PathState, key, backward: bool) -> 
             state = stochastic_step(spec.kind, state, keys[i], log_target, c.base_scale, _lam(c, i, p),
                                     _step(c, p), spec.friction, spec.num_steps, backward, spec.num_leapfrogs)
         else:
-            flow = Flow(spec, p)
-            if backward:
-                x, ld_inv = flow._inverse_one(state.x, None)
-                ld = -ld_inv
-            else:
-                x, ld = flow._forward_one(state.x, None)
-            good = _finite(x, ld)
-            state = state._replace(
-                x=jnp.where(good, x, jax.lax.stop_gradient(state.x)),
-                delta_s=state.delta_s + jnp.where(good, ld, 0.0), ok=state.ok & good,
-            )
+            state = flow_stage(spec, p, state, backward)
     return state
+
+
+def end_of_path(state: PathState, log_target, anchor: Array) -> tuple[Array, Array, Array]:
+    """``(log p~(x_T), ok, log_weight)`` at the end of one sample's forward path.
+
+    ``log_weight = log p~(x_T) + anchor + sum_t dS_t`` (``anchor = -log q_0(x_0)``
+    for a plain path), ``-inf`` for an invalid path.
+    """
+    lp = log_target(state.x)
+    ok = state.ok & _finite(lp, state.x, state.delta_s)
+    return lp, ok, jnp.where(ok, jnp.where(ok, lp, 0.0) + anchor + state.delta_s, -jnp.inf)
 
 
 def forward_path(snf: SNF, log_target, key: Array) -> PathOutput:
@@ -340,9 +363,7 @@ def forward_path(snf: SNF, log_target, key: Array) -> PathOutput:
     log_q0 = _base_log_prob(c, x0)
     zero = jnp.zeros((), snf.dtype)
     state = _run_stages(snf, log_target, PathState(x0, zero, jnp.asarray(True), zero), k1, False)
-    lp = log_target(state.x)
-    ok = state.ok & _finite(lp, state.x, state.delta_s)
-    log_w = jnp.where(ok, jnp.where(ok, lp, 0.0) - log_q0 + state.delta_s, -jnp.inf)
+    lp, ok, log_w = end_of_path(state, log_target, -log_q0)
     return PathOutput(state.x, log_w, lp, ok, state.num_accepted)
 
 

@@ -36,9 +36,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sbi_kit.flows.flow import Flow
 from sbi_kit.samplers._snf_blocks import PathState, interpolated_energy, stochastic_step
-from sbi_kit.samplers._snf_model import SNF, StochasticBlock, _base_log_prob, _finite, _lam, _step
+from sbi_kit.samplers._snf_model import SNF, StochasticBlock, _base_log_prob, _lam, _step, end_of_path, flow_stage
 
 Array = jax.Array
 
@@ -109,22 +108,6 @@ def _resample_step(state: PathState, anchor, log_gamma, key, threshold: float):
     return new, anchor, jnp.where(do, log_mean, 0.0), do, dropped
 
 
-def _flow_stage(spec, p, state: PathState) -> PathState:
-    """One flow stack applied to every particle, guarded as in `_snf_model._run_stages`."""
-    flow = Flow(spec, p)
-
-    def one(x):
-        y, ld = flow._forward_one(x, None)
-        return y, ld, _finite(y, ld)
-
-    y, ld, good = jax.vmap(one)(state.x)
-    return state._replace(
-        x=jnp.where(good[:, None], y, state.x),
-        delta_s=state.delta_s + jnp.where(good, ld, 0.0),
-        ok=state.ok & good,
-    )
-
-
 def population_forward(snf: SNF, log_target, key: Array, n: int, threshold: float) -> PopulationOutput:
     """Run ``n`` particles through every stage, resampling before stochastic blocks when their ESS is low.
 
@@ -151,7 +134,7 @@ def population_forward(snf: SNF, log_target, key: Array, n: int, threshold: floa
     for i, (spec, p) in enumerate(zip(c.stages, snf.params)):
         k_stage = jax.random.fold_in(k_stages, i)
         if not isinstance(spec, StochasticBlock):
-            state = _flow_stage(spec, p, state)
+            state = jax.vmap(lambda s, spec=spec, p=p: flow_stage(spec, p, s))(state)
             continue
         k_res, k_move = jax.random.split(k_stage)
         lam, eps = _lam(c, i, p), _step(c, p)
@@ -166,10 +149,8 @@ def population_forward(snf: SNF, log_target, key: Array, n: int, threshold: floa
                 spec.kind, s, k, log_target, c.base_scale, lam, eps, spec.friction, spec.num_steps,
                 num_leapfrogs=spec.num_leapfrogs)
         )(state, jax.random.split(k_move, n))
-    lp = jax.vmap(log_target)(state.x)
-    ok = state.ok & jnp.isfinite(lp) & jnp.isfinite(state.delta_s) & jnp.all(jnp.isfinite(state.x), axis=1)
-    log_w = jnp.where(ok, jnp.where(ok, lp, 0.0) + anchor + state.delta_s + log_z_offset, -jnp.inf)
-    return PopulationOutput(state.x, log_w, lp, ok, state.num_accepted, num_resampled, num_dropped)
+    lp, ok, log_w = jax.vmap(lambda s, a: end_of_path(s, log_target, a))(state, anchor)
+    return PopulationOutput(state.x, log_w + log_z_offset, lp, ok, state.num_accepted, num_resampled, num_dropped)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 3, 4))

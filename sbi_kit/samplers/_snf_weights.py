@@ -60,6 +60,26 @@ def log_z_and_se(log_weights) -> tuple[float, float]:
     return log_z, se
 
 
+def resampled_log_z_and_se(log_weights) -> tuple[float, float]:
+    """``(log Z_hat, standard error)`` for resampled populations, one per row of ``log_weights (batches, n)``.
+
+    Each row's log weights already include its population's resampling
+    increments, so ``log Z_hat`` is the log mean of the batches' estimates.
+    Resampled draws are not independent, so the SE comes from the batches
+    alone (delta method on their ``Z`` estimates): NaN for one batch, inf
+    when a batch has no valid draw.
+    """
+    lw = _as_log_weights(log_weights)
+    log_z = log_mean_exp(lw.ravel())
+    if lw.shape[0] < 2:
+        return log_z, math.nan
+    per_batch = np.array([log_mean_exp(row) for row in lw])
+    if not np.all(np.isfinite(per_batch)):
+        return log_z, math.inf
+    z = np.exp(per_batch - np.max(per_batch))
+    return log_z, float(np.std(z, ddof=1) / (math.sqrt(z.size) * np.mean(z)))
+
+
 def pareto_k(log_weights) -> float:
     """Pareto-smoothed IS shape ``k_hat`` of the finite weights (NaN if fewer than 10)."""
     import arviz as az

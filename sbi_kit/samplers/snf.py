@@ -59,9 +59,9 @@ from sbi_kit.samplers._snf_model import (
 from sbi_kit.samplers._snf_population import sample_populations
 from sbi_kit.samplers._snf_train import LOSSES, train_snf
 from sbi_kit.samplers._snf_weights import (
-    log_mean_exp,
     log_z_and_se,
     pareto_k,
+    resampled_log_z_and_se,
     systematic_resample_indices,
     weighted_mean_and_se,
 )
@@ -177,7 +177,7 @@ def sample_snf(snf_model: SNF, target: Target, key: Array, num_samples: int, *, 
     b = _check_int(num_batches, "num_batches", 1)
     threshold = _check_threshold(resample_threshold)
     log_target = guarded_target(target, snf_model.dtype.name)
-    evals_per = snf_model.target_evals_per_sample()
+    evals_per = snf_model.target_evals_per_sample(resampling=threshold is not None)
     t0 = time.perf_counter()
     if threshold is None:
         keys = jax.random.split(key, n * b)
@@ -195,8 +195,6 @@ def sample_snf(snf_model: SNF, target: Target, key: Array, num_samples: int, *, 
                                                           threshold))
         num_resampled = out.num_resampled.astype(np.int64)
         num_invalid = int(np.sum(~out.ok) + np.sum(out.num_dropped))
-        # One evaluation of the intermediate density per particle at each resampling point.
-        evals_per += sum(isinstance(s, StochasticBlock) for s in snf_model.config.stages)
     elapsed = time.perf_counter() - t0
 
     lw = out.log_weight.astype(np.float64).reshape(b, n)
@@ -214,7 +212,7 @@ def sample_snf(snf_model: SNF, target: Target, key: Array, num_samples: int, *, 
     if not np.any(ok):
         log_z, se, ess, k = -math.inf, math.inf, 0.0, math.nan
     else:
-        log_z, se = log_z_and_se(lw) if threshold is None else _resampled_log_z_and_se(lw)
+        log_z, se = log_z_and_se(lw) if threshold is None else resampled_log_z_and_se(lw)
         ess = _is_ess(lw)
         k = pareto_k(lw)
     trace = Trace(positions, stats, target, "snf",
@@ -222,19 +220,6 @@ def sample_snf(snf_model: SNF, target: Target, key: Array, num_samples: int, *, 
                    "is_ess": ess, "pareto_k": k, "num_target_evals": n * b * evals_per,
                    "resample_threshold": threshold, "num_resampled": num_resampled.tolist()})
     return SNFResult(trace, lw, log_z, se, ess, k, num_invalid, n * b * evals_per, snf_model, num_resampled)
-
-
-def _resampled_log_z_and_se(lw: np.ndarray) -> tuple[float, float]:
-    """``log Z`` (log mean of the batches' estimates) and its batch-means SE; NaN SE for one batch."""
-    log_z = log_mean_exp(lw.ravel())
-    per_batch = np.array([log_mean_exp(row) for row in lw])
-    if lw.shape[0] < 2:
-        return log_z, math.nan
-    if not np.all(np.isfinite(per_batch)):
-        return log_z, math.inf
-    # Delta method on the mean of the batches' Z estimates.
-    z = np.exp(per_batch - np.max(per_batch))
-    return log_z, float(np.std(z, ddof=1) / (math.sqrt(z.size) * np.mean(z)))
 
 
 @functools.partial(jax.jit, static_argnums=1)
