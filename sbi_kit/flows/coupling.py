@@ -54,7 +54,8 @@ def init_coupling(key: Array, dim: int, context_dim: int, hidden: Sequence[int],
     """Parameters ``{"net": network}`` of one coupling layer (the identity map at init).
 
     The network (`sbi_kit.flows.networks`, kind ``conditioner``) maps
-    ``(dim + context_dim,)`` to ``(dim * params_per_dim,)``.
+    ``(dim + context_dim,)`` to ``(dim * params_per_dim,)``. ``key`` is a
+    PRNG key or a numpy Generator (`sbi_kit.flows.networks.host_rng`).
     """
     out = dim * params_per_dim(kind, num_bins)
     return {"net": init_net(conditioner, key, dim + context_dim, hidden, out, dtype)}
@@ -62,12 +63,13 @@ def init_coupling(key: Array, dim: int, context_dim: int, hidden: Sequence[int],
 
 def init_lu(dim: int, dtype) -> dict:
     """Parameters of an identity `lu_bijector`: ``{"lower", "upper": (dim, dim), "diag", "bias": (dim,)}``."""
+    dt = np.dtype(dtype)  # built on the host: no compilation per shape
     return {
-        "lower": jnp.zeros((dim, dim), dtype),
-        "upper": jnp.zeros((dim, dim), dtype),
+        "lower": jnp.asarray(np.zeros((dim, dim), dt)),
+        "upper": jnp.asarray(np.zeros((dim, dim), dt)),
         # softplus(raw) + LU_MIN_DIAG = 1 at init.
-        "diag": jnp.full((dim,), float(np.log(np.expm1(1.0 - LU_MIN_DIAG))), dtype),
-        "bias": jnp.zeros((dim,), dtype),
+        "diag": jnp.asarray(np.full((dim,), np.log(np.expm1(1.0 - LU_MIN_DIAG)), dt)),
+        "bias": jnp.asarray(np.zeros((dim,), dt)),
     }
 
 
@@ -92,12 +94,20 @@ class PartialCoupling(distrax.Bijector):
     transform is evaluated on the transformed coordinates alone rather than on
     all of them and then masked: half the spline work of an alternating-mask
     flow. Works on ``(..., dim)`` arrays; the log-det sums over the last axis.
+
+    ``mask`` is static (numpy) unless ``changed`` is given: then ``mask``
+    (bool ``(dim,)``) and ``changed`` (int ``(m,)``, the indices where ``mask``
+    is False) may be traced arrays, as in a `jax.lax.scan` over a stack of
+    layers that differ only in their masks.
     """
 
-    def __init__(self, mask: np.ndarray, conditioner, transform):
+    def __init__(self, mask, conditioner, transform, changed=None):
         super().__init__(event_ndims_in=1)
-        self._mask = np.asarray(mask, bool)
-        self._changed = np.flatnonzero(~self._mask)  # static indices
+        if changed is None:
+            self._mask = np.asarray(mask, bool)
+            self._changed = np.flatnonzero(~self._mask)  # static indices
+        else:
+            self._mask, self._changed = mask, changed
         self._conditioner = conditioner
         self._transform = transform  # (theta (..., m, p), v (..., m), inverse) -> (out, log_det)
 
@@ -123,20 +133,24 @@ def coupling_bijector(
     num_bins: int,
     bound: float,
     max_log_scale: float,
+    changed: Array | None = None,
 ) -> distrax.Bijector:
     """A `PartialCoupling` for one unbatched point of shape ``(dim,)``.
 
     Args:
       params: from `init_coupling`.
       mask: boolean ``(dim,)`` (numpy or a tuple: it is static); True marks
-        the coordinates left unchanged.
+        the coordinates left unchanged. With ``changed`` it may be a traced array.
       context: ``(context_dim,)`` or None.
       kind: ``"affine"`` or ``"spline"``.
       num_bins: spline bins.
       bound: spline box half-width ``B`` (identity outside ``[-B, B]``).
       max_log_scale: affine soft clamp ``c``.
+      changed: None (``mask`` is static), or the int indices ``(m,)`` where
+        ``mask`` is False, for a traced ``mask`` (see `PartialCoupling`).
     """
-    mask = np.asarray(mask, bool)
+    if changed is None:
+        mask = np.asarray(mask, bool)
     dim = mask.shape[0]
     p = params_per_dim(kind, num_bins)
 
@@ -160,7 +174,7 @@ def coupling_bijector(
             theta = SPLINE_PARAM_CLAMP * jnp.tanh(theta / SPLINE_PARAM_CLAMP)
             return (rqs_inverse if inverse else rqs_forward)(theta, v, bound)
 
-    return PartialCoupling(mask, conditioner, transform)
+    return PartialCoupling(mask, conditioner, transform, changed)
 
 
 def alternating_masks(key: Array, dim: int, num_layers: int) -> tuple[tuple[bool, ...], ...]:

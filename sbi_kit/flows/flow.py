@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sbi_kit.flows.coupling import KINDS, alternating_masks, coupling_bijector, init_coupling, init_lu, lu_bijector
-from sbi_kit.flows.networks import NETS
+from sbi_kit.flows.networks import NETS, host_rng
 
 Array = jax.Array
 
@@ -119,7 +119,10 @@ def _check_config(c: FlowConfig) -> None:
 class Flow:
     """A normalizing flow: static `FlowConfig` plus a parameter pytree.
 
-    ``params = {"layers": [coupling params, ...], "loc": (dim,), "log_scale": (dim,)}``.
+    ``params = {"layers": ..., "loc": (dim,), "log_scale": (dim,)}``, where
+    ``layers`` is either one parameter dict whose leaves are stacked over the
+    layers (leading axis ``num_layers``; what `init_params` builds whenever
+    `layers_share_body` holds) or a list of per-layer dicts; see `stack_layers`.
     Build one with `make_flow`; change parameters with ``flow.replace(params=...)``.
     """
 
@@ -146,21 +149,53 @@ class Flow:
 
     # ------------------------------------------------------------ single point
 
-    def _layers(self, context):
+    def _layer_bijectors(self, p, mask, context, changed=None):
+        """The bijectors of one layer: its coupling, then its LU map if it has one."""
         c = self.config
-        for p, m in zip(self.params["layers"], c.masks):
-            yield coupling_bijector(
-                p, np.asarray(m, bool), context, kind=c.kind, num_bins=c.num_bins,
-                bound=c.bound, max_log_scale=c.max_log_scale,
-            )
-            if "lu" in p:
-                yield lu_bijector(p["lu"])
+        yield coupling_bijector(
+            p, mask, context, kind=c.kind, num_bins=c.num_bins, bound=c.bound,
+            max_log_scale=c.max_log_scale, changed=changed,
+        )
+        if "lu" in p:
+            yield lu_bijector(p["lu"])
+
+    def _layer_stack(self):
+        """``(stacked params, masks bool (L, dim), changed int32 (L, m))``, or None for a list of layers.
+
+        Layers stored stacked (see `stack_layers`) run as one `jax.lax.scan`
+        step with their masks as data, so XLA compiles one layer instead of
+        ``num_layers`` copies; a list of layers runs as an unrolled loop.
+        """
+        layers = self.params["layers"]
+        if isinstance(layers, (list, tuple)):
+            return None
+        masks = np.asarray(self.config.masks, bool)
+        changed = np.stack([np.flatnonzero(~m) for m in masks]).astype(np.int32)
+        return layers, masks, changed
+
+    def _run_layers(self, x, log_det, context, inverse: bool):
+        """All coupling (and LU) layers on one point, forward or in reverse; adds to ``log_det``."""
+
+        def one(carry, p, mask, changed=None):
+            x, log_det = carry
+            bijectors = list(self._layer_bijectors(p, mask, context, changed))
+            for bij in reversed(bijectors) if inverse else bijectors:
+                x, ld = bij.inverse_and_log_det(x) if inverse else bij.forward_and_log_det(x)
+                log_det = log_det + ld
+            return x, log_det
+
+        stack = self._layer_stack()
+        if stack is None:
+            layers = list(zip(self.params["layers"], self.config.masks))
+            for p, m in reversed(layers) if inverse else layers:
+                x, log_det = one((x, log_det), p, np.asarray(m, bool))
+            return x, log_det
+        (x, log_det), _ = jax.lax.scan(lambda carry, layer: (one(carry, *layer), None), (x, log_det), stack,
+                                       reverse=inverse)
+        return x, log_det
 
     def _forward_one(self, z, context):
-        x, log_det = z, jnp.zeros((), z.dtype)
-        for bij in self._layers(context):
-            x, ld = bij.forward_and_log_det(x)
-            log_det = log_det + ld
+        x, log_det = self._run_layers(z, jnp.zeros((), z.dtype), context, inverse=False)
         log_scale = self.params["log_scale"]
         x = self.params["loc"] + jnp.exp(log_scale) * x
         return x, log_det + jnp.sum(log_scale)
@@ -168,11 +203,7 @@ class Flow:
     def _inverse_one(self, x, context):
         log_scale = self.params["log_scale"]
         z = (x - self.params["loc"]) * jnp.exp(-log_scale)
-        log_det = -jnp.sum(log_scale)
-        for bij in reversed(list(self._layers(context))):
-            z, ld = bij.inverse_and_log_det(z)
-            log_det = log_det + ld
-        return z, log_det
+        return self._run_layers(z, -jnp.sum(log_scale), context, inverse=True)
 
     # ------------------------------------------------------------ batching
 
@@ -253,25 +284,88 @@ def base_log_prob(z: Array) -> Array:
     return -0.5 * jnp.sum(z * z, axis=-1) - 0.5 * d * jnp.asarray(_LOG_2PI, z.dtype)
 
 
-def init_params(config: FlowConfig, key: Array) -> dict:
-    """Fresh parameters for ``config``: every layer the identity, loc 0, log_scale 0."""
+def layers_share_body(config: FlowConfig) -> bool:
+    """True if the layers can run as one scanned body: >= 2 layers keeping equally many coordinates.
+
+    That holds for the alternating masks of any even dimension and of
+    dimension 1; odd dimensions alternate between ``dim // 2`` and
+    ``dim - dim // 2`` kept coordinates and run as an unrolled loop.
+    """
+    return config.num_layers >= 2 and len({int(np.sum(m)) for m in config.masks}) == 1
+
+
+def stack_layers(params: dict, config: FlowConfig) -> dict:
+    """``params`` with a list of layers stacked into one dict (leading axis ``num_layers``) if the config allows.
+
+    The stacked layout is what `init_params` builds; a list of layers (a
+    config where `layers_share_body` is False, or flows from older code)
+    computes the same map. Arrays are copied, not changed.
+    """
+    layers = params["layers"]
+    if not isinstance(layers, (list, tuple)) or not layers_share_body(config):
+        return params
+    if len({jax.tree.structure(p) for p in layers}) != 1:
+        return params
+
+    def stack(*leaves):
+        if any(isinstance(a, jax.core.Tracer) for a in leaves):
+            return jnp.stack(leaves)
+        return jnp.asarray(np.stack([np.asarray(a) for a in leaves]))  # on the host: nothing to compile
+
+    return {**params, "layers": jax.tree.map(stack, *layers)}
+
+
+def unstack_layers(params: dict) -> dict:
+    """``params`` with stacked layers split into a list of per-layer dicts (the saved-file layout)."""
+    layers = params["layers"]
+    if isinstance(layers, (list, tuple)):
+        return params
+    n = jax.tree.leaves(layers)[0].shape[0]
+    return {**params, "layers": [jax.tree.map(lambda a: a[i], layers) for i in range(n)]}
+
+
+def init_params(config: FlowConfig, key: Array, *, stacked: bool = True) -> dict:
+    """Fresh parameters for ``config``: every layer the identity, loc 0, log_scale 0.
+
+    ``stacked=False`` keeps the layers as a list (the saved-file layout);
+    otherwise they are stacked where `layers_share_body` allows.
+    """
     dt = jnp.dtype(config.dtype)
-    keys = jax.random.split(key, config.num_layers)
+    rng = host_rng(key)  # weights drawn on the host: no compilation per weight shape
     layers = [
-        init_coupling(k, config.dim, config.context_dim, config.hidden, config.kind, config.num_bins, dt,
+        init_coupling(rng, config.dim, config.context_dim, config.hidden, config.kind, config.num_bins, dt,
                       config.conditioner)
-        for k in keys
+        for _ in range(config.num_layers)
     ]
     if config.lu_layers and config.dim > 1:
         layers = [{**p, "lu": init_lu(config.dim, dt)} for p in layers]
-    return {
-        "layers": layers,
-        "loc": jnp.zeros((config.dim,), dt),
-        "log_scale": jnp.zeros((config.dim,), dt),
-    }
+    zeros = np.zeros((config.dim,), np.dtype(dt))
+    params = {"layers": layers, "loc": jnp.asarray(zeros), "log_scale": jnp.asarray(zeros)}
+    return stack_layers(params, config) if stacked else params
 
 
-def make_flow(
+def make_flow(key: Array, dim: int, **options) -> Flow:
+    """Build a fresh coupling flow (the identity map on ``N(0, I)``).
+
+    Args:
+      key: PRNG key (permutations and hidden-layer weights).
+      dim: event dimension, >= 1.
+      **options: the architecture, as `flow_config` takes it (``kind``,
+        ``num_layers``, ``hidden``, ``context_dim``, ``num_bins``, ``bound``,
+        ``max_log_scale``, ``dtype``, ``conditioner``, ``lu_layers``).
+
+    Returns:
+      A `Flow`.
+
+    Raises:
+      ValueError: on any invalid setting.
+    """
+    k_mask, k_params = jax.random.split(key)
+    config = flow_config(k_mask, dim, **options)
+    return Flow(config, init_params(config, k_params))
+
+
+def flow_config(
     key: Array,
     dim: int,
     *,
@@ -285,11 +379,11 @@ def make_flow(
     dtype=None,
     conditioner: str = "mlp",
     lu_layers: bool = False,
-) -> Flow:
-    """Build a fresh coupling flow (the identity map on ``N(0, I)``).
+) -> FlowConfig:
+    """The validated `FlowConfig` of a coupling flow, without parameters (`make_flow` adds them).
 
     Args:
-      key: PRNG key (permutations and hidden-layer weights).
+      key: PRNG key for the coupling masks' permutations.
       dim: event dimension, >= 1.
       kind: ``"spline"`` (rational-quadratic, more flexible) or ``"affine"`` (RealNVP).
       num_layers: coupling layers; use an even number so every coordinate is transformed.
@@ -303,15 +397,11 @@ def make_flow(
         ``hidden=(50, 50)`` is width 50 with two blocks).
       lu_layers: add a learned LU linear map after each coupling layer.
 
-    Returns:
-      A `Flow`.
-
     Raises:
       ValueError: on any invalid setting.
     """
     if dtype is None:
         dtype = jnp.result_type(float)
-    k_mask, k_params = jax.random.split(key)
     dim_ok = isinstance(dim, (int, np.integer)) and not isinstance(dim, bool) and dim >= 1
     layers_ok = isinstance(num_layers, (int, np.integer)) and not isinstance(num_layers, bool) and num_layers >= 1
     if not dim_ok:
@@ -322,11 +412,11 @@ def make_flow(
         dim=int(dim), kind=kind, num_layers=int(num_layers), hidden=tuple(int(h) for h in hidden),
         context_dim=int(context_dim) if not isinstance(context_dim, bool) else context_dim,
         num_bins=num_bins, bound=float(bound), max_log_scale=float(max_log_scale),
-        masks=alternating_masks(k_mask, int(dim), int(num_layers)), dtype=jnp.dtype(dtype).name,
+        masks=alternating_masks(key, int(dim), int(num_layers)), dtype=jnp.dtype(dtype).name,
         conditioner=conditioner, lu_layers=lu_layers,
     )
     _check_config(config)
-    return Flow(config, init_params(config, k_params))
+    return config
 
 
 def standardize(flow: Flow, loc, scale) -> Flow:

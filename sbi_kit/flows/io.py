@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from sbi_kit.flows.flow import Flow, FlowConfig, _check_config, init_params
+from sbi_kit.flows.flow import Flow, FlowConfig, _check_config, init_params, stack_layers, unstack_layers
 
 FORMAT_VERSION = 1
 
@@ -45,7 +45,9 @@ def save_flow(path: str | os.PathLike, flow: Flow) -> tuple[Path, Path]:
     if not isinstance(flow, Flow):
         raise TypeError(f"flow must be a sbi_kit Flow, got {type(flow).__name__}")
     json_path, npz_path = _paths(path)
-    arrays = _named_leaves(flow.params)
+    # Saved with one entry per layer whatever the in-memory layout, so files
+    # from older versions and from this one read the same way.
+    arrays = _named_leaves(unstack_layers(flow.params))
     meta = {
         "format": "sbi_kit.flow",
         "version": FORMAT_VERSION,
@@ -75,7 +77,7 @@ def load_flow(path: str | os.PathLike) -> Flow:
             f"{json_path} holds a float64 flow but JAX runs in float32; call "
             "jax.config.update('jax_enable_x64', True) before loading it"
         )
-    template = init_params(config, jax.random.PRNGKey(0))
+    template = init_params(config, jax.random.PRNGKey(0), stacked=False)
     expected = _named_leaves(template)
     with np.load(npz_path, allow_pickle=False) as f:
         stored = {k: f[k] for k in f.files}
@@ -94,4 +96,4 @@ def load_flow(path: str | os.PathLike) -> Flow:
     params = jax.tree_util.tree_unflatten(
         jax.tree_util.tree_structure(template), [jax.numpy.asarray(stored[n]) for n in names]
     )
-    return Flow(config, params)
+    return Flow(config, stack_layers(params, config))

@@ -32,6 +32,29 @@ Array = jax.Array
 INPUT_CLIP = 1e4
 
 
+def host_rng(key) -> np.random.Generator:
+    """A numpy generator seeded by a JAX PRNG key (typed or raw ``uint32``), or ``key`` itself if it is one.
+
+    Initial weights are drawn on the host: drawn with `jax.random`, each
+    weight shape compiles its own small program, about two seconds per new
+    architecture on a CPU, which dominated a first small fit.
+    """
+    if isinstance(key, np.random.Generator):
+        return key
+    if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+
+
+def _normal(rng: np.random.Generator, shape, scale: float, dtype) -> Array:
+    return jnp.asarray((rng.standard_normal(shape) * scale).astype(np.dtype(dtype)))
+
+
+def _zeros(shape, dtype) -> Array:
+    # From host memory: jnp.zeros compiles a small program per new shape.
+    return jnp.asarray(np.zeros(shape, np.dtype(dtype)))
+
+
 def init_mlp(key: Array, in_dim: int, hidden: Sequence[int], out_dim: int, dtype=jnp.float32) -> list[dict]:
     """Parameters of an MLP ``in_dim -> hidden... -> out_dim``.
 
@@ -40,7 +63,7 @@ def init_mlp(key: Array, in_dim: int, hidden: Sequence[int], out_dim: int, dtype
     fresh flow is then exactly its base distribution).
 
     Args:
-      key: PRNG key.
+      key: PRNG key (or a numpy Generator, see `host_rng`).
       in_dim: input width, >= 0 (0 gives a network of constant outputs).
       hidden: widths of the hidden layers.
       out_dim: output width, >= 1.
@@ -49,16 +72,16 @@ def init_mlp(key: Array, in_dim: int, hidden: Sequence[int], out_dim: int, dtype
     Returns:
       A list of ``{"w": (n_in, n_out), "b": (n_out,)}`` dicts.
     """
+    rng = host_rng(key)
     sizes = [int(in_dim), *[int(h) for h in hidden], int(out_dim)]
-    keys = jax.random.split(key, len(sizes) - 1)
     params = []
-    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         last = i == len(sizes) - 2
         if last or n_in == 0:
-            w = jnp.zeros((n_in, n_out), dtype)
+            w = _zeros((n_in, n_out), dtype)
         else:
-            w = jax.random.normal(k, (n_in, n_out), dtype) / jnp.sqrt(jnp.asarray(n_in, dtype))
-        params.append({"w": w, "b": jnp.zeros((n_out,), dtype)})
+            w = _normal(rng, (n_in, n_out), 1.0 / np.sqrt(n_in), dtype)
+        params.append({"w": w, "b": _zeros((n_out,), dtype)})
     return params
 
 
@@ -97,21 +120,19 @@ def init_resnet(key: Array, in_dim: int, hidden: Sequence[int], out_dim: int, dt
     if not hidden or any(h != hidden[0] for h in hidden):
         raise ValueError(f"a resnet conditioner needs equal hidden widths (one per block), got {tuple(hidden)}")
     width = hidden[0]
-    keys = jax.random.split(key, len(hidden) + 1)
+    rng = host_rng(key)
     scale_in = 1.0 / np.sqrt(max(int(in_dim), 1))
-    inp = {"w": jax.random.normal(keys[0], (int(in_dim), width), dtype) * jnp.asarray(scale_in, dtype),
-           "b": jnp.zeros((width,), dtype)}
+    inp = {"w": _normal(rng, (int(in_dim), width), scale_in, dtype), "b": _zeros((width,), dtype)}
     blocks = []
-    for k in keys[1:]:
-        k1, k2 = jax.random.split(k)
+    for _ in hidden:
         blocks.append({
-            "w1": jax.random.normal(k1, (width, width), dtype) * jnp.asarray(np.sqrt(2.0 / width), dtype),
-            "b1": jnp.zeros((width,), dtype),
-            "w2": jnp.zeros((width, width), dtype), "b2": jnp.zeros((width,), dtype),
-            "wg": jax.random.normal(k2, (int(in_dim), width), dtype) * jnp.asarray(scale_in, dtype),
-            "bg": jnp.zeros((width,), dtype),
+            "w1": _normal(rng, (width, width), np.sqrt(2.0 / width), dtype),
+            "b1": _zeros((width,), dtype),
+            "w2": _zeros((width, width), dtype), "b2": _zeros((width,), dtype),
+            "wg": _normal(rng, (int(in_dim), width), scale_in, dtype),
+            "bg": _zeros((width,), dtype),
         })
-    out = {"w": jnp.zeros((width, int(out_dim)), dtype), "b": jnp.zeros((int(out_dim),), dtype)}
+    out = {"w": _zeros((width, int(out_dim)), dtype), "b": _zeros((int(out_dim),), dtype)}
     return {"inp": inp, "blocks": blocks, "out": out}
 
 

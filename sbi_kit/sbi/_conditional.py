@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbi_kit.flows.flow import Flow, FlowConfig, init_params, make_flow, standardize
+from sbi_kit.flows.flow import Flow, FlowConfig, flow_config, init_params, standardize
 from sbi_kit.sbi._data import check_pairs
 from sbi_kit.sbi._networks import apply_mlp, check_activation, init_mlp
 from sbi_kit.sbi._train import fit_minibatch, kept_validation_mask
@@ -98,8 +98,11 @@ def init_conditional(key: Array, y: np.ndarray, c: np.ndarray, *, flow: dict, em
     # Coupling masks from a fixed key: the same architecture then has the same
     # static config on every fit, so compiled training and sampling code is
     # reused (sequential rounds, refits); only the weights use ``key``.
-    f = make_flow(jax.random.PRNGKey(0), dy, context_dim=emb_dim or dc, dtype=dtype, **flow)
-    f = f.replace(params=init_params(f.config, k_flow))
+    # The mask key is the one make_flow(PRNGKey(0)) uses, so the masks (and
+    # the configs in saved files) are those of earlier versions.
+    config = flow_config(jax.random.split(jax.random.PRNGKey(0))[0], dy, context_dim=emb_dim or dc, dtype=dtype,
+                         **flow)
+    f = Flow(config, init_params(config, k_flow))
     if z_score:
         # float64 moments on the host: float32 sums of 1e5 points lose digits.
         y64 = np.asarray(y, np.float64)

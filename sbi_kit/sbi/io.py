@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbi_kit.flows.flow import init_params
+from sbi_kit.flows.flow import init_params, stack_layers, unstack_layers
 from sbi_kit.sbi import _conditional as cond
 from sbi_kit.sbi import _ratio as ratio
 from sbi_kit.sbi._networks import init_mlp
@@ -56,7 +56,7 @@ def _templates(kind: str, spec):
     if kind in ("npe", "nle"):
         dt = jnp.dtype(spec.flow.dtype)
         emb = init_mlp(key, spec.context_dim, spec.embedding_hidden, spec.embedding_dim, dt) if spec.embedding_dim else []
-        params = {"flow": init_params(spec.flow, key), "embedding": emb}
+        params = {"flow": init_params(spec.flow, key, stacked=False), "embedding": emb}
         std = {"c_loc": jnp.zeros(spec.context_dim, dt), "c_scale": jnp.ones(spec.context_dim, dt)}
     else:
         dt = jnp.dtype(spec.dtype)
@@ -64,6 +64,14 @@ def _templates(kind: str, spec):
         std = {"u_loc": jnp.zeros(spec.theta_dim, dt), "u_scale": jnp.ones(spec.theta_dim, dt),
                "x_loc": jnp.zeros(spec.x_dim, dt), "x_scale": jnp.ones(spec.x_dim, dt)}
     return params, std
+
+
+def _saved_layout(posterior):
+    """The parameters with flow layers as a list (the file layout; see `sbi_kit.flows.io`)."""
+    params = posterior.params
+    if isinstance(params, dict) and "flow" in params:
+        params = {**params, "flow": unstack_layers(params["flow"])}
+    return params
 
 
 def save_posterior(path: str | os.PathLike, posterior) -> tuple[Path, Path]:
@@ -81,7 +89,7 @@ def save_posterior(path: str | os.PathLike, posterior) -> tuple[Path, Path]:
     prior = posterior.prior
     check_theta = prior.sample(jax.random.PRNGKey(12345), _NUM_PRIOR_CHECKS)
     arrays = {
-        **_named_leaves(posterior.params, "params"),
+        **_named_leaves(_saved_layout(posterior), "params"),
         **_named_leaves(posterior.standardizer, "standardizer"),
         "prior_check/theta": np.asarray(check_theta),
         "prior_check/log_prob": np.asarray(prior.log_prob(check_theta)),
@@ -160,6 +168,8 @@ def load_posterior(path: str | os.PathLike, prior):
                                             [jnp.asarray(stored[n]) for n in names])
 
     params, std = fill(params_t, "params"), fill(std_t, "standardizer")
+    if kind in ("npe", "nle"):
+        params = {**params, "flow": stack_layers(params["flow"], spec.flow)}
     if kind == "npe":
         return NPEPosterior(prior, spec, params, std)
     return LikelihoodPosterior(prior, kind, spec, params, std)

@@ -17,6 +17,7 @@ from sbi_kit.flows import (
     save_flow,
     standardize,
 )
+from sbi_kit.flows.flow import stack_layers, unstack_layers
 from sbi_kit.targets.base import Target
 from sbi_kit.targets.benchmarks import gaussian
 
@@ -24,14 +25,18 @@ KINDS = ["affine", "spline"]
 
 
 def perturbed(flow, key, scale=0.3):
-    """The flow with random (non-identity) parameters, so tests exercise real maps."""
-    leaves, treedef = jax.tree.flatten(flow.params)
+    """The flow with random (non-identity) parameters, so tests exercise real maps.
+
+    Drawn for the per-layer layout (the same draws whether the layers are
+    held stacked or as a list), then put back in the flow's own layout.
+    """
+    leaves, treedef = jax.tree.flatten(unstack_layers(flow.params))
     keys = jax.random.split(key, len(leaves))
-    return flow.replace(
-        params=jax.tree.unflatten(
-            treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-        )
-    )
+    params = jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype)
+                                          for x, k in zip(leaves, keys)])
+    if not isinstance(flow.params["layers"], list):
+        params = stack_layers(params, flow.config)
+    return flow.replace(params=params)
 
 
 @pytest.mark.parametrize("kind", KINDS)
