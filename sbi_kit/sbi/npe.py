@@ -215,10 +215,12 @@ class NPE(cond.ConditionalFlowEstimator):
             -0.89 / -0.95 nats vs -0.79 / -0.69 without, two training seeds).
           ema_epochs: None (default: the last iterate), or validate and return
             the exponential moving average of the parameters over about this
-            many epochs. Opt-in: on two_moons at 10^4 simulations, 16 epochs with
+            many epochs (warmed up, see `sbi_kit.sbi._train.fit_minibatch`).
+            Opt-in: on two_moons at 10^4 simulations, 16 epochs with
             ``learning_rate=1e-3, patience=10, lr_decays=0`` gave a better mean
-            C2ST than these defaults (0.5625 vs 0.5775, 3 seeds) but a worse one on
-            gaussian_linear (0.559 vs 0.522), so the defaults stay
+            C2ST than these defaults (0.566 vs 0.587 on 3 seeds, 2026-12-06) in
+            fewer steps, and 0.523 on gaussian_linear (defaults 0.522); the
+            defaults stay until that is checked on every task
             (``benchmarks/RESULTS_sbi.md``).
 
         Returns:

@@ -83,6 +83,36 @@ def test_ema_of_the_parameters_averages_out_the_minibatch_noise():
     assert rms_avg < 0.02
 
 
+def test_ema_warm_up_forgets_the_untrained_start(monkeypatch):
+    # A window far longer than the fit (50 epochs of 128 steps, 2 epochs run):
+    # m travels 0 -> 3 in the first few dozen steps. A plain average with
+    # weight 1 - 1/6400 would still sit near the start (about 3 (1 - e^-0.04) = 0.1);
+    # warmed up, it spans the last ~10% of the steps and lands on the mean.
+    import sbi_kit.sbi._train as train
+
+    y = 3.0 + 0.1 * jax.random.normal(jax.random.PRNGKey(0), (2000, 1))
+    kw = dict(max_epochs=2, batch_size=16, learning_rate=0.1, validation_fraction=0.0, patience=1, ema_epochs=50)
+    p0 = {"m": jnp.zeros(())}
+    warm = float(fit_minibatch(_SquaredError(), p0, (), (y,), jax.random.PRNGKey(1), **kw)[0]["m"])
+    assert abs(warm - float(jnp.mean(y))) < 0.05, warm
+    # The check has power: without the warm-up the same fit returns the dragging average.
+    monkeypatch.setattr(train, "ema_weight", lambda decay, t: decay)
+    jax.clear_caches()
+    plain = float(fit_minibatch(_SquaredError(), p0, (), (y,), jax.random.PRNGKey(1), **kw)[0]["m"])
+    jax.clear_caches()
+    assert plain < 0.5, plain
+
+
+def test_ema_weight_schedule():
+    from sbi_kit.sbi._train import EMA_WARMUP, ema_weight
+
+    t = jnp.arange(0, 100_000, 997)
+    w = np.asarray(ema_weight(jnp.asarray(0.999), t))
+    np.testing.assert_allclose(w[0], 1.0 / EMA_WARMUP, rtol=1e-6)
+    assert np.all(np.diff(w) >= 0) and w.max() == np.float32(0.999)
+    assert float(ema_weight(jnp.asarray(0.0), jnp.asarray(500))) == 0.0  # no average: the iterate itself
+
+
 def test_ema_epochs_is_checked():
     loss, params, std, data = _problem()
     kw = dict(max_epochs=2, batch_size=64, learning_rate=1e-3, validation_fraction=0.2, patience=2)
