@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,7 @@ def _emit(row):
     print(json.dumps(row), flush=True)
 
 
-def run_sbi_kit(data: dict, num_samples: int, seed: int, threads: int = 1) -> dict:
+def run_sbi_kit(data: dict, num_samples: int, seed: int, threads: int = 1, fit: dict | None = None) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -68,14 +69,14 @@ def run_sbi_kit(data: dict, num_samples: int, seed: int, threads: int = 1) -> di
     key = jax.random.key(seed)
     k_fit, k_draw = jax.random.split(key)
     t0 = time.perf_counter()
-    post = NPE(task.prior, flow=flow).fit(k_fit, jnp.asarray(data["theta"]), jnp.asarray(data["x"]))
+    post = NPE(task.prior, flow=flow).fit(k_fit, jnp.asarray(data["theta"]), jnp.asarray(data["x"]), **(fit or {}))
     jax.block_until_ready(jax.tree.leaves(post.params))
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     draws = np.asarray(post.sample(k_draw, num_samples, jnp.asarray(data["x_obs"])))
     t_sample = time.perf_counter() - t0
     return {"train_s": t_train, "sample_s": t_sample, "epochs": int(post.info.epochs), "samples": draws,
-            "versions": {"jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}}
+            "fit": fit or {}, "versions": {"jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}}
 
 
 def run_sbi(data: dict, num_samples: int, seed: int, threads: int = 1) -> dict:
@@ -110,8 +111,10 @@ def run_sbi(data: dict, num_samples: int, seed: int, threads: int = 1) -> dict:
 
 def one_side(args):
     data = dict(np.load(args.data))
-    fn = run_sbi_kit if args.library == "sbi_kit" else run_sbi
-    out = fn(data, int(data["num_samples"]), args.seed, args.threads)
+    if args.library == "sbi_kit":
+        out = run_sbi_kit(data, int(data["num_samples"]), args.seed, args.threads, json.loads(args.fit))
+    else:
+        out = run_sbi(data, int(data["num_samples"]), args.seed, args.threads)
     np.save(args.out + ".npy", out.pop("samples"))
     with open(args.out + ".json", "w") as f:
         json.dump(out, f)
@@ -140,7 +143,7 @@ def driver(args):
     num_sims = 2000 if args.quick else 10_000
     num_samples = 1000 if args.quick else 10_000
     _emit({"benchmark": "sbi_vs_sbi_package", "kind": "command",
-           "command": "python benchmarks/sbi_vs_sbi_package.py " + " ".join(sys.argv[1:]),
+           "command": "python benchmarks/sbi_vs_sbi_package.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
            "load_average": os.getloadavg(), "num_simulations": num_sims, "num_samples": num_samples,
            "threads": args.threads})
     task = get_task("two_moons")
@@ -155,7 +158,7 @@ def driver(args):
         python = sys.executable if lib == "sbi_kit" else args.sbi_python
         load_before = os.getloadavg()
         subprocess.run([python, __file__, "--library", lib, "--data", str(tmp / "data.npz"), "--out",
-                        str(tmp / lib), "--seed", str(args.seed), "--threads", str(args.threads)],
+                        str(tmp / lib), "--seed", str(args.seed), "--threads", str(args.threads), "--fit", args.fit],
                        check=True, stdout=sys.stderr, env=_child_env(lib, args.threads))  # keep our stdout pure JSON lines
         with open(tmp / f"{lib}.json") as f:
             results[lib] = json.load(f)
@@ -188,6 +191,9 @@ def main():
     parser.add_argument("--sbi-python", default="/tmp/venv_sbi/bin/python")
     parser.add_argument("--sbibm-wheel", default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--fit", default="{}",
+                        help="JSON of sbi_kit NPE.fit keyword arguments over its defaults, e.g. "
+                             "'{\"ema_epochs\": 16, \"learning_rate\": 1e-3, \"patience\": 10, \"lr_decays\": 0}'")
     parser.add_argument("--threads", "--torch-threads", type=int, default=1,
                         help="CPU threads for each library (torch.set_num_threads; XLA single-threaded for 1)")
     args = parser.parse_args()
