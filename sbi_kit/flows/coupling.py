@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbi_kit.flows.networks import init_net, net_apply
+from sbi_kit.flows.networks import host_full, init_net, net_apply
 from sbi_kit.flows.spline import rqs_forward, rqs_inverse
 
 Array = jax.Array
@@ -63,13 +63,12 @@ def init_coupling(key: Array, dim: int, context_dim: int, hidden: Sequence[int],
 
 def init_lu(dim: int, dtype) -> dict:
     """Parameters of an identity `lu_bijector`: ``{"lower", "upper": (dim, dim), "diag", "bias": (dim,)}``."""
-    dt = np.dtype(dtype)  # built on the host: no compilation per shape
     return {
-        "lower": jnp.asarray(np.zeros((dim, dim), dt)),
-        "upper": jnp.asarray(np.zeros((dim, dim), dt)),
+        "lower": host_full((dim, dim), 0.0, dtype),
+        "upper": host_full((dim, dim), 0.0, dtype),
         # softplus(raw) + LU_MIN_DIAG = 1 at init.
-        "diag": jnp.asarray(np.full((dim,), np.log(np.expm1(1.0 - LU_MIN_DIAG)), dt)),
-        "bias": jnp.asarray(np.zeros((dim,), dt)),
+        "diag": host_full((dim,), np.log(np.expm1(1.0 - LU_MIN_DIAG)), dtype),
+        "bias": host_full((dim,), 0.0, dtype),
     }
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sbi_kit.flows.coupling import KINDS, alternating_masks, coupling_bijector, init_coupling, init_lu, lu_bijector
-from sbi_kit.flows.networks import NETS, host_rng
+from sbi_kit.flows.networks import NETS, host_full, host_rng
 
 Array = jax.Array
 
@@ -339,8 +339,8 @@ def init_params(config: FlowConfig, key: Array, *, stacked: bool = True) -> dict
     ]
     if config.lu_layers and config.dim > 1:
         layers = [{**p, "lu": init_lu(config.dim, dt)} for p in layers]
-    zeros = np.zeros((config.dim,), np.dtype(dt))
-    params = {"layers": layers, "loc": jnp.asarray(zeros), "log_scale": jnp.asarray(zeros)}
+    params = {"layers": layers, "loc": host_full((config.dim,), 0.0, dt),
+              "log_scale": host_full((config.dim,), 0.0, dt)}
     return stack_layers(params, config) if stacked else params
 
 

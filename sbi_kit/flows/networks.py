@@ -50,9 +50,13 @@ def _normal(rng: np.random.Generator, shape, scale: float, dtype) -> Array:
     return jnp.asarray((rng.standard_normal(shape) * scale).astype(np.dtype(dtype)))
 
 
+def host_full(shape, value: float, dtype) -> Array:
+    """A constant array built in host memory (``jnp.zeros``/``jnp.full`` compile a small program per new shape)."""
+    return jnp.asarray(np.full(shape, value, np.dtype(dtype)))
+
+
 def _zeros(shape, dtype) -> Array:
-    # From host memory: jnp.zeros compiles a small program per new shape.
-    return jnp.asarray(np.zeros(shape, np.dtype(dtype)))
+    return host_full(shape, 0.0, dtype)
 
 
 def init_mlp(key: Array, in_dim: int, hidden: Sequence[int], out_dim: int, dtype=jnp.float32) -> list[dict]:
