@@ -60,7 +60,7 @@ def main():
     jax.block_until_ready(post.sample(jax.random.key(1), 10_000, x_obs))
     t2 = time.perf_counter()
     jax.config.update("jax_log_compiles", False)
-    top = dict(sorted(((k, round(v, 3)) for k, v in log.seconds.items()), key=lambda kv: -kv[1])[:6])
+    top = dict(sorted(((k, round(v, 3)) for k, v in log.seconds.items()), key=lambda kv: -kv[1])[:int(os.environ.get("TOP", "6"))])
     print(json.dumps({
         "benchmark": "npe_compile_time", "command": "python benchmarks/npe_compile_time.py",
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "fit_one_epoch_s": round(t1 - t0, 2),

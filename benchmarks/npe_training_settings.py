@@ -12,7 +12,7 @@ defaults were kept (RESULTS_sbi.md).
     python benchmarks/npe_training_settings.py '{"lr_decays": 2, "learning_rate": 5e-4, "patience": 20, "ema_epochs": null}' 0,1,2
     python benchmarks/npe_training_settings.py '{"ema_epochs": 16, "learning_rate": 1e-3, "patience": 10, "lr_decays": 0}' 0,1,2
     python benchmarks/npe_training_settings.py '{}' 0,1,2          # the defaults
-    python benchmarks/npe_training_settings.py '{}' 0 noc2st       # + the validation-loss trace, no C2ST
+    python benchmarks/npe_training_settings.py '{}' 0 noc2st       # no C2ST (every row has the validation-loss trace)
     TASK=gaussian_linear python benchmarks/npe_training_settings.py '{...}' 0   # another sbibm task (NPE's default flow)
 """
 import json, os, sys, time
@@ -42,6 +42,5 @@ for seed in seeds:
     if do_c2st:
         sc = [c2st(ref.reference_samples(TASK, i + 1, None)[:10_000], draws[i], jax.random.key(100 + i)) for i in range(10)]
         out["c2st_mean"] = round(float(np.mean(sc)), 4); out["c2st"] = [round(float(s), 4) for s in sc]
-    else:
-        out["val_trace"] = [round(float(v), 3) for v in info.val_losses]
+    out["steps"] = int(info.num_steps); out["val_trace"] = [round(float(v), 4) for v in info.val_losses]
     print(json.dumps(out), flush=True)

@@ -18,13 +18,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import sbi_kit
 from sbi_kit.models.sbi_tasks import get_task
 from sbi_kit.sbi import _conditional as cond
 from sbi_kit.sbi import simulate
-from sbi_kit.sbi._train import _train_chunk
+from sbi_kit.sbi._train import _initial_opt_state, _train_chunk, flatten_params
 from sbi_kit.sbi.prior import as_prior
 
 
@@ -41,14 +40,16 @@ def main() -> None:
                                               embedding_hidden=(), embedding_dim=None, activation="silu",
                                               z_score=True, dtype=jnp.float32)
     loss = cond.NegLogProb(spec)
-    opt_state = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(5e-4)).init(params)
+    flat, layout = flatten_params(params)
+    flat = jnp.asarray(flat)
+    opt_state = _initial_opt_state(5e-4, 5.0, flat)
     idx = np.random.default_rng(0).integers(0, u.shape[0], (32, args.batch))
-    batches = (jnp.asarray(u)[idx], jnp.asarray(x)[idx])
-    keys = jax.random.split(jax.random.PRNGKey(2), 32)
+    batches = (u[idx], x[idx])
+    key = jax.random.PRNGKey(2)
 
     def call():
-        return jax.block_until_ready(_train_chunk(loss, 5e-4, 5.0, params, opt_state, std, batches, keys,
-                                                  jnp.asarray(1.0)))
+        return jax.block_until_ready(_train_chunk(loss, layout, 5e-4, 5.0, flat, opt_state, flat, std, batches, key,
+                                                  np.int32(0), np.float32(1.0), np.float32(0.0), np.int32(0)))
 
     t0 = time.perf_counter()
     call()

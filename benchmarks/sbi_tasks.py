@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import os
 import sys
 import time
@@ -73,14 +74,14 @@ def _emit(row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
-def _fit_amortised(method, key, task, budget, flow=FLOW, batch_size=None):
+def _fit_amortised(method, key, task, budget, flow=FLOW, batch_size=None, fit=None):
     from sbi_kit.sbi import NLE, NPE, NRE, simulate
 
     k_sim, k_fit = jax.random.split(key)
     t0 = time.perf_counter()
     sims = simulate(k_sim, task.prior, task.simulator, budget)
     t_sim = time.perf_counter() - t0
-    fit_kw = {} if batch_size is None else {"batch_size": batch_size}
+    fit_kw = {**({} if batch_size is None else {"batch_size": batch_size}), **(fit or {})}
     if method == "npe":
         est = NPE(task.prior, flow=flow)
     elif method == "nle":
@@ -98,11 +99,13 @@ def run_task(task_name, method, budget, observations, args, key):
     x_obs = np.stack([ref.observation(task_name, i, args.sbibm_wheel) for i in observations])
     n = args.num_samples
     base = {"benchmark": "sbi_tasks", "task": task_name, "method": method, "num_simulations": budget,
-            "num_samples": n, "flow": args.flow, "batch_size": args.batch_size}
+            "num_samples": n, "flow": args.flow, "batch_size": args.batch_size,
+            **({"fit": args.fit} if args.fit else {})}
     samples, times = {}, {}
     k_fit, k_draw = jax.random.split(key)
     if method in ("npe", "nle", "nre"):
-        post, t_sim, t_train, invalid = _fit_amortised(method, k_fit, task, budget, args.flow, args.batch_size)
+        post, t_sim, t_train, invalid = _fit_amortised(method, k_fit, task, budget, args.flow, args.batch_size,
+                                                       args.fit)
         times.update(simulate_s=round(t_sim, 2), train_s=round(t_train, 2), num_invalid=invalid,
                      epochs=int(post.info.epochs) if getattr(post, "info", None) is not None else None)
         t0 = time.perf_counter()
@@ -206,6 +209,8 @@ def main(argv=None):
     parser.add_argument("--flow", default="{}", help="JSON of flow options over the default FLOW, "
                         'e.g. \'{"conditioner": "mlp", "lu_layers": false}\'')
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: NPE's)")
+    parser.add_argument("--fit", default="{}", help="JSON of keyword arguments for the amortised "
+                        "estimators' fit (NPE/NLE/NRE), e.g. '{\"learning_rate\": 1e-3}'")
     parser.add_argument("--sbibm-wheel", default=None,
                         help=f"path of the sbibm 1.1.0 wheel (default ${ref.ENV_VAR} or {ref.DEFAULT_WHEEL})")
     parser.add_argument("--quick", action="store_true", help="smoke run: two_moons, NPE, 1000 sims, 2 obs, 1000 samples")
@@ -213,10 +218,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     ref.wheel_path(args.sbibm_wheel)  # fail early with the setup command
     args.flow = {**FLOW, **json.loads(args.flow)}
+    args.fit = json.loads(args.fit)
     if args.quick:
         args.tasks, args.budgets, args.observations, args.num_samples = "two_moons", "1000", "1-2", 1000
     _emit({"benchmark": "sbi_tasks", "kind": "command", "command": "python benchmarks/sbi_tasks.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "devices": str(jax.devices()), "load_average": os.getloadavg(),
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)), "devices": str(jax.devices()), "load_average": os.getloadavg(),
         "x64": bool(jax.config.jax_enable_x64)})
     if args.c2st_vs_sklearn:
         c2st_vs_sklearn(args)

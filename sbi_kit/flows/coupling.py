@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbi_kit.flows.networks import host_full, init_net, net_apply
+from sbi_kit.flows.networks import host_full, host_rng, init_net, net_apply
 from sbi_kit.flows.spline import rqs_forward, rqs_inverse
 
 Array = jax.Array
@@ -186,12 +186,13 @@ def alternating_masks(key: Array, dim: int, num_layers: int) -> tuple[tuple[bool
     is all False and each layer is a learned elementwise map.
     """
     masks = []
-    keys = jax.random.split(key, max(1, (num_layers + 1) // 2))
+    rng = host_rng(key)  # drawn on the host: no device program to compile for a static result
+    perms = [rng.permutation(dim) for _ in range(max(1, (num_layers + 1) // 2))]
     for layer in range(num_layers):
         if dim == 1:
             masks.append((False,))
             continue
-        perm = [int(i) for i in jax.random.permutation(keys[layer // 2], dim)]
+        perm = [int(i) for i in perms[layer // 2]]
         keep = set(perm[: dim // 2])
         m = tuple((i in keep) for i in range(dim))
         if layer % 2 == 1:

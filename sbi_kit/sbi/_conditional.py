@@ -98,10 +98,9 @@ def init_conditional(key: Array, y: np.ndarray, c: np.ndarray, *, flow: dict, em
     # Coupling masks from a fixed key: the same architecture then has the same
     # static config on every fit, so compiled training and sampling code is
     # reused (sequential rounds, refits); only the weights use ``key``.
-    # The mask key is the one make_flow(PRNGKey(0)) uses, so the masks (and
-    # the configs in saved files) are those of earlier versions.
-    config = flow_config(jax.random.split(jax.random.PRNGKey(0))[0], dy, context_dim=emb_dim or dc, dtype=dtype,
-                         **flow)
+    # (Saved files store their masks, so changing how masks are drawn never
+    # changes a loaded estimator.)
+    config = flow_config(np.zeros(2, np.uint32), dy, context_dim=emb_dim or dc, dtype=dtype, **flow)
     f = Flow(config, init_params(config, k_flow))
     if z_score:
         # float64 moments on the host: float32 sums of 1e5 points lose digits.
@@ -175,7 +174,7 @@ class ConditionalFlowEstimator:
         self.dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
 
     def _fit_flow(self, key, theta, x, *, what: str, model_data: bool, check_initial, initial, settings,
-                  validation_mask, lr_decays, ema_epochs=None):
+                  validation_mask, lr_decays, ema_epochs=None, min_delta=0.0):
         """The training body shared by `NPE.fit` and `NLE.fit`.
 
         Validates the pairs (NPE drops non-finite ``x`` rows, NLE refuses them),
@@ -210,6 +209,7 @@ class ConditionalFlowEstimator:
             NegLogProb(spec), params, standardizer, (jnp.asarray(y, dt), jnp.asarray(c, dt)), k_fit,
             max_epochs=max_epochs, batch_size=batch_size, learning_rate=lr, validation_fraction=vf,
             patience=patience, validation_mask=validation_mask, lr_decays=lr_decays, ema_epochs=ema_epochs,
+            min_delta=min_delta,
         )
         return spec, params, standardizer, info
 

@@ -58,12 +58,13 @@ def check_observation(x_obs, x_dim: int, dtype) -> tuple[Array, bool]:
     Raises:
       ValueError: wrong shape or non-finite values.
     """
-    x_obs = jnp.asarray(x_obs, dtype)
-    if x_obs.ndim not in (1, 2) or x_obs.shape[-1] != x_dim:
+    host = np.asarray(x_obs)  # checked on the host: no device program to compile
+    if host.ndim not in (1, 2) or host.shape[-1] != x_dim:
         raise ValueError(
-            f"x_obs must have shape ({x_dim},) or (m, {x_dim}) to match the training data, got {x_obs.shape}"
+            f"x_obs must have shape ({x_dim},) or (m, {x_dim}) to match the training data, got {host.shape}"
         )
-    if not bool(jnp.all(jnp.isfinite(x_obs))):
+    if not np.all(np.isfinite(host)):
         raise ValueError("x_obs contains NaN or infinite values")
+    x_obs = jnp.asarray(host, dtype)
     batched = x_obs.ndim == 2
     return (x_obs if batched else x_obs[None]), batched

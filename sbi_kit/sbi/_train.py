@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sbi_kit.flows.networks import host_rng
+
 Array = jax.Array
 
 MAX_CHUNK = 32  # optimiser steps per compiled chunk (at most)
@@ -93,42 +95,115 @@ def ema_weight(decay: Array, t: Array) -> Array:
     return jnp.minimum(decay, (1.0 + t) / (EMA_WARMUP + t))
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "learning_rate", "clip_norm"))
-def _train_chunk(loss, learning_rate, clip_norm, params, opt_state, ema, standardizer, batches, keys, lr_factor,
-                 ema_decay, step0):
-    """``len(keys)`` Adam steps over pre-gathered minibatches ``batches`` (tuple of ``(steps, b, ...)``).
+class FlatLayout(NamedTuple):
+    """How a parameter pytree is laid out in one flat vector (hashable: a static jit argument)."""
 
-    ``lr_factor`` (traced scalar) multiplies the Adam step, so lowering the
-    learning rate during a fit needs no recompilation. ``ema`` is the
-    exponential moving average of the parameters with weight
-    ``ema_weight(ema_decay, step)`` (traced; ``ema_decay = 0`` makes it the
-    parameters themselves), ``step0`` the number of steps taken before this chunk.
+    treedef: object
+    shapes: tuple
+    dtype: str
+
+
+def flatten_params(params) -> tuple[np.ndarray, FlatLayout]:
+    """One host vector ``(P,)`` holding every leaf of ``params`` (all of one floating dtype), and its layout.
+
+    Flattening on the host (numpy) rather than with `ravel_pytree` keeps the
+    training loop free of small eagerly compiled programs.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    dtypes = {np.dtype(leaf.dtype) for leaf in leaves}
+    if len(dtypes) != 1 or not np.issubdtype(next(iter(dtypes)), np.floating):
+        raise ValueError(f"trainable parameters must share one floating dtype, got {sorted(map(str, dtypes))}")
+    host = [np.asarray(leaf) for leaf in leaves]
+    flat = np.concatenate([h.ravel() for h in host]) if host else np.zeros(0, next(iter(dtypes)))
+    return flat, FlatLayout(treedef, tuple(h.shape for h in host), str(flat.dtype))
+
+
+def unflatten_params(flat, layout: FlatLayout):
+    """The pytree of `flatten_params`: jnp leaves inside jit, device arrays for a host ``flat``."""
+    on_host = isinstance(flat, np.ndarray)
+    leaves, start = [], 0
+    for shape in layout.shapes:
+        size = math.prod(shape)
+        leaf = flat[start:start + size].reshape(shape)
+        leaves.append(jnp.asarray(leaf) if on_host else leaf)
+        start += size
+    return jax.tree.unflatten(layout.treedef, leaves)
+
+
+@functools.partial(jax.jit, static_argnames=("learning_rate", "clip_norm"))
+def _initial_opt_state(learning_rate, clip_norm, flat):
+    return _optimizer(learning_rate, clip_norm).init(flat)
+
+
+@functools.partial(jax.jit, static_argnames=("loss", "layout", "learning_rate", "clip_norm"))
+def _train_chunk(loss, layout, learning_rate, clip_norm, flat, opt_state, flat_ema, standardizer, batches, key,
+                 step0, lr_factor, ema_decay, ema_step0):
+    """``len(batches[0])`` Adam steps over pre-gathered minibatches ``batches`` (tuple of ``(steps, b, ...)``).
+
+    The parameters ``flat`` and their moving average ``flat_ema`` are flat
+    vectors of `FlatLayout` ``layout``: the optimiser and the average then
+    run as a few elementwise kernels instead of several per parameter
+    array, each of which XLA would compile on its own. Step ``i`` of the
+    chunk gets the loss key ``fold_in(key, step0 + i)``. ``lr_factor``
+    (traced scalar) multiplies the Adam step, so lowering the learning rate
+    during a fit needs no recompilation. The average has weight
+    ``ema_weight(ema_decay, step - ema_step0)`` (traced; ``ema_decay = 0``
+    makes it the parameters themselves).
     """
     opt = _optimizer(learning_rate, clip_norm)
+    steps = batches[0].shape[0]
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(step0 + jnp.arange(steps))
 
     def step(carry, inp):
         p, s, e, t = carry
         batch, k = inp
-        value, grads = jax.value_and_grad(lambda q: jnp.mean(loss(q, standardizer, batch, k)))(p)
+        value, grads = jax.value_and_grad(
+            lambda q: jnp.mean(loss(unflatten_params(q, layout), standardizer, batch, k)))(p)
         updates, s = opt.update(grads, s, p)
-        updates = jax.tree.map(lambda u: u * lr_factor.astype(u.dtype), updates)
-        p = optax.apply_updates(p, updates)
-        w = ema_weight(ema_decay, t)
-        e = jax.tree.map(lambda a, b: b + w.astype(b.dtype) * (a - b), e, p)
+        p = p + updates * lr_factor.astype(p.dtype)
+        w = ema_weight(ema_decay, t).astype(e.dtype)
+        e = p + w * (e - p)
         return (p, s, e, t + 1), value
 
-    (params, opt_state, ema, _), values = jax.lax.scan(step, (params, opt_state, ema, step0), (batches, keys))
-    return params, opt_state, ema, values
+    (flat, opt_state, flat_ema, _), values = jax.lax.scan(step, (flat, opt_state, flat_ema, ema_step0),
+                                                          (batches, keys))
+    return flat, opt_state, flat_ema, values
 
 
-@functools.partial(jax.jit, static_argnames=("loss",))
-def _weighted_loss_sum(loss, params, standardizer, batch, weights, key):
-    return jnp.sum(loss(params, standardizer, batch, key) * weights)
+@functools.partial(jax.jit, static_argnames=("loss", "layout"))
+def _weighted_loss_sum(loss, layout, flat, standardizer, batch, weights, key, index):
+    """``sum(loss * weights)`` of one validation batch at parameters ``flat``; the loss key is ``fold_in(key, index)``."""
+    values = loss(unflatten_params(flat, layout), standardizer, batch, jax.random.fold_in(key, index))
+    return jnp.sum(values * weights)
+
+
+def _host_subkey(rng: np.random.Generator, like):
+    """A fresh PRNG key of the same kind as ``like`` (typed or raw ``uint32``) from ``rng``, without a device op."""
+    bits = rng.integers(0, 2**32, size=np.shape(jax.random.key_data(like) if _is_typed(like) else like),
+                        dtype=np.uint32)
+    if _is_typed(like):
+        return jax.random.wrap_key_data(bits, impl=jax.random.key_impl(like))
+    return bits
+
+
+def _is_typed(key) -> bool:
+    return jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key)
 
 
 def _chunk_length(num_batches: int) -> int:
-    """Largest power of two <= min(num_batches, MAX_CHUNK): few distinct compiled lengths."""
-    return 1 << int(math.floor(math.log2(max(1, min(num_batches, MAX_CHUNK)))))
+    """Steps per compiled chunk for an epoch of ``num_batches`` minibatches.
+
+    The largest power of two <= min(num_batches, MAX_CHUNK), or half of
+    ``MAX_CHUNK`` where that makes the epoch shorter: an epoch runs whole
+    chunks, ``ceil(num_batches / chunk) * chunk`` steps, so 45 batches take 3
+    chunks of 16 (48 steps) instead of 2 of 32 (64). Only these lengths are
+    used because each new one is a new compilation (seconds).
+    """
+    chunk = 1 << int(math.floor(math.log2(max(1, min(num_batches, MAX_CHUNK)))))
+    half = MAX_CHUNK // 2
+    if chunk == MAX_CHUNK and math.ceil(num_batches / half) * half < math.ceil(num_batches / chunk) * chunk:
+        return half
+    return chunk
 
 
 def fit_minibatch(
@@ -149,6 +224,7 @@ def fit_minibatch(
     lr_decays: int = 0,
     lr_decay_factor: float = 0.1,
     ema_epochs: float | None = None,
+    min_delta: float = 0.0,
 ):
     """Minimise the mean per-example ``loss`` with Adam and early stopping.
 
@@ -182,6 +258,12 @@ def fit_minibatch(
         minibatch noise of the fit; restarts continue from the best average
         (and warm up again). Counting in epochs keeps the window the same
         share of the data for 10^3 or 10^5 simulations.
+      min_delta: validation improvement (in loss units, nats per example for
+        the flows) that resets the patience count: the count runs until the
+        loss falls ``min_delta`` below where it last reset, so a loss creeping
+        down by less than ``min_delta`` per ``patience`` epochs ends the fit
+        (or triggers a restart). The parameters returned are still those of
+        the lowest validation loss. 0 (default): any improvement resets.
 
     Returns:
       ``(best params, TrainInfo)``.
@@ -195,6 +277,9 @@ def fit_minibatch(
                                        and math.isfinite(ema_epochs)
                                        and ema_epochs > 0):
         raise ValueError(f"ema_epochs must be None or a number > 0, got {ema_epochs!r}")
+    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not (
+            math.isfinite(min_delta) and min_delta >= 0):
+        raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
     if not 0.0 < float(lr_decay_factor) < 1.0:
         raise ValueError(f"lr_decay_factor must be in (0, 1), got {lr_decay_factor}")
     if validation_mask is not None:
@@ -213,15 +298,18 @@ def fit_minibatch(
     chunk = _chunk_length(num_batches)
     chunks_per_epoch = math.ceil(num_batches / chunk)
     # Weight of the old average per step (0: the average is the iterate itself).
-    decay = jnp.asarray(0.0 if ema_epochs is None else 1.0 - 1.0 / max(1.0, ema_epochs * chunk * chunks_per_epoch))
+    decay = 0.0 if ema_epochs is None else 1.0 - 1.0 / max(1.0, ema_epochs * chunk * chunks_per_epoch)
 
-    rng = np.random.default_rng(np.asarray(jax.random.randint(key, (2,), 0, 2**31 - 1)).tolist())
-    key = jax.random.fold_in(key, 1)
+    # Everything outside the compiled chunks runs on the host (numpy): each
+    # eager device op here would compile a program of its own, tens of
+    # milliseconds apiece, paid again by every new data or batch shape.
+    rng = host_rng(key)
+    k_train, k_val = _host_subkey(rng, key), _host_subkey(rng, key)
     perm = rng.permutation(n)
     if validation_mask is not None:
         # Validation rows first, as the random split would put them.
         perm = np.concatenate([np.flatnonzero(validation_mask), np.flatnonzero(~validation_mask)])
-    data = tuple(jnp.asarray(a) for a in data)
+    data = tuple(np.asarray(a) for a in data)
     train = tuple(a[perm[n_val:]] for a in data)
     val = tuple(a[perm[:n_val]] for a in data)
 
@@ -233,22 +321,25 @@ def fit_minibatch(
     val_batches = []
     for start in range(0, n_val, vb):
         idx = np.arange(start, start + vb) % n_val
-        w = (np.arange(start, start + vb) < n_val).astype(np.float64)
-        val_batches.append((tuple(a[idx] for a in val), jnp.asarray(w, train[0].dtype)))
+        w = (np.arange(start, start + vb) < n_val).astype(train[0].dtype)
+        val_batches.append((tuple(jnp.asarray(a[idx]) for a in val), jnp.asarray(w)))
 
-    def validation_loss(p, k):
-        total = 0.0
-        for (batch, w), kk in zip(val_batches, jax.random.split(k, max(1, len(val_batches)))):
-            total += float(_weighted_loss_sum(loss, p, standardizer, batch, w, kk))
-        return total / n_val if n_val else float("nan")
-
-    opt_state = _optimizer(learning_rate, clip_norm).init(params)
-    ema = params
-    stream = np.zeros(0, np.int64)  # running stream of shuffled training indices
     # One validation key for all epochs: a randomised validation loss (NRE's
     # atoms) then changes only with the parameters, so early stopping compares like with like.
-    k_val = jax.random.fold_in(key, 2)  # (fold_in keeps the training key stream unchanged)
-    best_params, best_val, best_epoch, since = params, np.inf, 0, 0
+    def validation_loss(flat_p):
+        total = 0.0
+        for i, (batch, w) in enumerate(val_batches):
+            total += float(_weighted_loss_sum(loss, layout, flat_p, standardizer, batch, w, k_val, np.int32(i)))
+        return total / n_val if n_val else float("nan")
+
+    flat, layout = flatten_params(params)
+    flat = jnp.asarray(flat)
+    opt_state = _initial_opt_state(learning_rate, clip_norm, flat)
+    ema = flat
+    real = np.dtype(layout.dtype).type  # scalars passed in the parameters' precision
+    stream = np.zeros(0, np.int64)  # running stream of shuffled training indices
+    best, best_val, best_epoch, since = flat, np.inf, 0, 0
+    reference = np.inf  # the validation loss where the patience count last reset
     train_losses, val_losses = [], []
     stopped, steps = False, 0
     lr_factor, decays_left = 1.0, lr_decays
@@ -261,27 +352,28 @@ def fit_minibatch(
                 stream = np.concatenate([stream, rng.permutation(n_train)])
             idx, stream = stream[:need].reshape(chunk, b), stream[need:]
             batches = tuple(a[idx] for a in train)
-            key, k = jax.random.split(key)
-            params, opt_state, ema, v = _train_chunk(loss, learning_rate, clip_norm, params, opt_state, ema,
-                                                     standardizer, batches, jax.random.split(k, chunk),
-                                                     jnp.asarray(lr_factor), decay, jnp.asarray(steps - ema_start))
+            flat, opt_state, ema, v = _train_chunk(loss, layout, learning_rate, clip_norm, flat, opt_state, ema,
+                                                   standardizer, batches, k_train, np.int32(steps),
+                                                   real(lr_factor), real(decay), np.int32(steps - ema_start))
             values.append(v)
             steps += chunk
-        tl = float(jnp.mean(jnp.concatenate(values)))
+        tl = float(np.mean(np.concatenate([np.asarray(v) for v in values])))
         if not math.isfinite(tl):
             raise ValueError(
                 f"training loss became {tl} in epoch {epoch}; lower learning_rate or check the data "
                 "(z_score=True helps with badly scaled parameters or data)"
             )
-        current = params if ema_epochs is None else ema
-        vl = validation_loss(current, k_val)
+        current = flat if ema_epochs is None else ema
+        vl = validation_loss(current)
         train_losses.append(tl)
         val_losses.append(vl)
         if n_val == 0:
-            best_params, best_epoch = current, epoch
+            best, best_epoch = current, epoch
             continue
         if math.isfinite(vl) and vl < best_val:
-            best_params, best_val, best_epoch, since = current, vl, epoch, 0
+            best, best_val, best_epoch = current, vl, epoch
+        if math.isfinite(vl) and vl < reference - min_delta:
+            reference, since = vl, 0
         else:
             since += 1
             if since >= patience:
@@ -291,9 +383,10 @@ def fit_minibatch(
                 # Plateau: go back to the best parameters and take smaller steps.
                 decays_left -= 1
                 lr_factor *= float(lr_decay_factor)
-                params, ema, since = best_params, best_params, 0
+                flat, ema, since, reference = best, best, 0, best_val
                 ema_start = steps
-                opt_state = _optimizer(learning_rate, clip_norm).init(params)
+                opt_state = _initial_opt_state(learning_rate, clip_norm, flat)
+    best_params = unflatten_params(np.asarray(best), layout)
     info = TrainInfo(np.asarray(train_losses), np.asarray(val_losses), best_epoch, len(train_losses),
                      stopped, n_train, n_val, steps)
     return best_params, info

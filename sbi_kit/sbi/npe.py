@@ -190,6 +190,7 @@ class NPE(cond.ConditionalFlowEstimator):
         validation_mask=None,
         lr_decays: int = 2,
         ema_epochs: float | None = None,
+        min_delta: float = 0.0,
     ) -> NPEPosterior:
         """Train on pairs ``theta (n, dim)`` (constrained, in the prior support), ``x (n, x_dim)``.
 
@@ -222,6 +223,8 @@ class NPE(cond.ConditionalFlowEstimator):
             fewer steps, and 0.523 on gaussian_linear (defaults 0.522); the
             defaults stay until that is checked on every task
             (``benchmarks/RESULTS_sbi.md``).
+          min_delta: validation improvement (nats per example) that counts
+            as progress for ``patience`` (see `sbi_kit.sbi._train.fit_minibatch`).
 
         Returns:
           An `NPEPosterior` with the best-validation parameters.
@@ -235,5 +238,6 @@ class NPE(cond.ConditionalFlowEstimator):
         spec, params, standardizer, info = self._fit_flow(
             key, theta, x, what="NPE", model_data=False, check_initial=check_initial, initial=initial,
             settings=settings, validation_mask=validation_mask, lr_decays=lr_decays, ema_epochs=ema_epochs,
+            min_delta=min_delta,
         )
         return NPEPosterior(self.prior, spec, params, standardizer, info)

@@ -126,14 +126,28 @@ class Prior:
 
         return -potential_energy(self.model, (), {}, self.unflatten(u))
 
-    def _map(self, fn, x, what):
+    def _log_prob_checked_one(self, theta):
+        lp, inside = self._log_prob_one(theta)
+        return jnp.where(inside, lp, -jnp.inf)
+
+    def _log_abs_det_one(self, u):
+        return self._log_prob_unconstrained_one(u) - self._log_prob_one(self._to_constrained_one(u))[0]
+
+    def _map(self, name: str, x, what):
+        """The per-point method ``name`` over the points ``x (..., dim)``, as one jitted vmap.
+
+        Jitted because run eagerly each of its many small operations compiles a
+        program of its own on first use (about half a second per prior).
+        """
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(jnp.result_type(float))
         if x.ndim == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"{what} must have shape (..., {self.dim}) for this prior, got {x.shape}")
-        flat = x.reshape((-1, self.dim))
-        out = jax.vmap(fn)(flat)
+        cache = self.__dict__.setdefault("_jitted", {})  # per instance (the dataclass is frozen, eq=False)
+        if name not in cache:
+            cache[name] = jax.jit(jax.vmap(getattr(self, name)))
+        out = cache[name](x.reshape((-1, self.dim)))
         return out.reshape(x.shape[:-1] + out.shape[1:])
 
     # ------------------------------------------------------------ public API
@@ -161,32 +175,23 @@ class Prior:
         ``-inf`` outside the support (numpyro's distributions do not validate
         their arguments by default, so the support is checked explicitly).
         """
-
-        def one(t):
-            lp, inside = self._log_prob_one(t)
-            return jnp.where(inside, lp, -jnp.inf)
-
-        return self._map(one, theta, "theta")
+        return self._map("_log_prob_checked_one", theta, "theta")
 
     def to_unconstrained(self, theta: Array) -> Array:
         """Map constrained ``theta (..., dim)`` to the unconstrained space, same shape."""
-        return self._map(self._to_unconstrained_one, theta, "theta")
+        return self._map("_to_unconstrained_one", theta, "theta")
 
     def to_constrained(self, u: Array) -> Array:
         """Map unconstrained ``u (..., dim)`` to constrained ``theta``, same shape."""
-        return self._map(self._to_constrained_one, u, "u")
+        return self._map("_to_constrained_one", u, "u")
 
     def log_abs_det_jacobian(self, u: Array) -> Array:
         """``log |det d theta / d u|`` at unconstrained ``u (..., dim)``; shape ``(...)``."""
-
-        def one(v):
-            return self._log_prob_unconstrained_one(v) - self._log_prob_one(self._to_constrained_one(v))[0]
-
-        return self._map(one, u, "u")
+        return self._map("_log_abs_det_one", u, "u")
 
     def log_prob_unconstrained(self, u: Array) -> Array:
         """Density of the prior pushed to the unconstrained space: ``log p(theta(u)) + log|J|``."""
-        return self._map(self._log_prob_unconstrained_one, u, "u")
+        return self._map("_log_prob_unconstrained_one", u, "u")
 
     def __repr__(self) -> str:
         sites = ", ".join(f"{n}{list(s)}" for n, s in zip(self.names, self.shapes))
