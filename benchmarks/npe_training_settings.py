@@ -5,8 +5,9 @@ The data are those of `benchmarks/sbi_vs_sbi_package.py` for the same seed
 C2ST against the reference posteriors with the same keys), so the C2ST can be
 compared with that benchmark's `sbi` rows. Only sbi_kit is run, in one process
 (compilation is paid by the first seed only; compare epochs, not times, across
-seeds). Used on 2026-11-25 to test the opt-in moving average (`ema_epochs`); NPE's
-defaults were kept (RESULTS_sbi.md).
+seeds). Used on 2026-11-25 to test the then opt-in moving average (`ema_epochs`) and on
+2026-12-06 to compare its learning rates before it became NPE's default
+(RESULTS_sbi.md). Every row carries the validation-loss trace and the step count.
 
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
     python benchmarks/npe_training_settings.py '{"lr_decays": 2, "learning_rate": 5e-4, "patience": 20, "ema_epochs": null}' 0,1,2
@@ -14,6 +15,7 @@ defaults were kept (RESULTS_sbi.md).
     python benchmarks/npe_training_settings.py '{}' 0,1,2          # the defaults
     python benchmarks/npe_training_settings.py '{}' 0 noc2st       # no C2ST (every row has the validation-loss trace)
     TASK=gaussian_linear python benchmarks/npe_training_settings.py '{...}' 0   # another sbibm task (NPE's default flow)
+    python benchmarks/npe_training_settings.py --quick   # smoke run (benchmarks/run.py)
 """
 import json, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +24,8 @@ import _sbibm_reference as ref
 from sbi_kit.models.sbi_tasks import get_task
 from sbi_kit.sbi import NPE, simulate
 from sbi_kit.sbi.diagnostics import c2st
+if sys.argv[1:] == ["--quick"]:  # benchmarks/run.py smoke run: two epochs, one seed, no C2ST
+    sys.argv[1:] = ['{"max_epochs": 2}', "0", "noc2st"]
 settings = json.loads(sys.argv[1]); seeds = [int(s) for s in sys.argv[2].split(",")]
 do_c2st = len(sys.argv) < 4 or sys.argv[3] != "noc2st"
 TASK = os.environ.get("TASK", "two_moons"); task = get_task(TASK)

@@ -157,8 +157,12 @@ def _train_chunk(loss, layout, learning_rate, clip_norm, flat, opt_state, flat_e
     def step(carry, inp):
         p, s, e, t = carry
         batch, k = inp
+        # Differentiate with respect to the pytree, then flatten the gradient
+        # with one concatenation: differentiating through the slices of
+        # `unflatten_params` would add one padded full-length vector per leaf.
         value, grads = jax.value_and_grad(
-            lambda q: jnp.mean(loss(unflatten_params(q, layout), standardizer, batch, k)))(p)
+            lambda q: jnp.mean(loss(q, standardizer, batch, k)))(unflatten_params(p, layout))
+        grads = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
         updates, s = opt.update(grads, s, p)
         p = p + updates * lr_factor.astype(p.dtype)
         w = ema_weight(ema_decay, t).astype(e.dtype)

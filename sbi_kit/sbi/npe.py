@@ -183,13 +183,13 @@ class NPE(cond.ConditionalFlowEstimator):
         *,
         max_epochs: int = 500,
         batch_size: int = 200,
-        learning_rate: float = 5e-4,
+        learning_rate: float = 2e-3,
         validation_fraction: float = 0.1,
-        patience: int = 20,
+        patience: int = 10,
         initial: NPEPosterior | None = None,
         validation_mask=None,
-        lr_decays: int = 2,
-        ema_epochs: float | None = None,
+        lr_decays: int = 0,
+        ema_epochs: float | None = 16,
         min_delta: float = 0.0,
     ) -> NPEPosterior:
         """Train on pairs ``theta (n, dim)`` (constrained, in the prior support), ``x (n, x_dim)``.
@@ -211,18 +211,20 @@ class NPE(cond.ConditionalFlowEstimator):
             pass it so a simulation stays in its split across refits.
           lr_decays: at a validation plateau (``patience`` epochs without
             improvement), restart from the best parameters at a tenth of the
-            learning rate, up to this many times, before stopping. The default 2
-            gives markedly sharper posteriors (two_moons: best validation loss
+            learning rate, up to this many times, before stopping (default 0:
+            stop at the first plateau). Without the moving average, 2 restarts
+            give markedly sharper posteriors (two_moons: best validation loss
             -0.89 / -0.95 nats vs -0.79 / -0.69 without, two training seeds).
-          ema_epochs: None (default: the last iterate), or validate and return
-            the exponential moving average of the parameters over about this
-            many epochs (warmed up, see `sbi_kit.sbi._train.fit_minibatch`).
-            Opt-in: on two_moons at 10^4 simulations, 16 epochs with
-            ``learning_rate=1e-3, patience=10, lr_decays=0`` gave a better mean
-            C2ST than these defaults (0.566 vs 0.587 on 3 seeds, 2026-12-06) in
-            fewer steps, and 0.523 on gaussian_linear (defaults 0.522); the
-            defaults stay until that is checked on every task
-            (``benchmarks/RESULTS_sbi.md``).
+          ema_epochs: validate and return the exponential moving average of
+            the parameters over about this many epochs (warmed up, see
+            `sbi_kit.sbi._train.fit_minibatch`); None: the last iterate. The
+            defaults (16 epochs, ``learning_rate=2e-3, patience=10,
+            lr_decays=0``) replaced ``learning_rate=5e-4, patience=20,
+            lr_decays=2`` without an average on 2026-12-06: at 10^4
+            simulations C2ST two_moons 0.552, slcp 0.856, gaussian_linear
+            0.530, gaussian_mixture 0.585, lotka_volterra 0.953 against 0.612,
+            0.888, 0.520, 0.615, 0.981, in fewer optimiser steps on four of the
+            five (``benchmarks/RESULTS_sbi.md``).
           min_delta: validation improvement (nats per example) that counts
             as progress for ``patience`` (see `sbi_kit.sbi._train.fit_minibatch`).
 

@@ -8,9 +8,11 @@ Tolerances. With 20000 posterior draws the Monte Carlo error of a mean is
 own error after 5000 simulations. That error was measured over 3 training
 seeds x 2 observations: with the old default flow (tanh-MLP conditioners, no
 learning-rate restarts) mean errors up to 0.25 sd, variance ratios 0.89-1.19,
-KL(q || p) 0.02-0.09 nats; with the current default (residual conditioners,
-LU layers, ``lr_decays=2``; seeds 10-12) up to 0.10 sd, 0.96-1.18 and
-0.02-0.07 nats. The tolerances (mean 0.35 sd, variance ratio within
+KL(q || p) 0.02-0.09 nats; with residual conditioners, LU layers and
+``lr_decays=2`` (seeds 10-12) up to 0.10 sd, 0.96-1.18 and 0.02-0.07 nats;
+with the current default training (moving average, Adam 2e-3; 2026-12-06,
+``python benchmarks/npe_gaussian_linear_spread.py``) up to 0.21 sd,
+0.96-1.13 and 0.02-0.07 nats. The tolerances (mean 0.35 sd, variance ratio within
 [0.75, 1.33], KL < 0.2 nats) leave about 1.5x the old spread;
 `test_check_rejects_a_biased_posterior` shows the
 same check failing for an estimator off by 0.15 (0.67 sd) in the mean.
