@@ -32,6 +32,11 @@ Array = jax.Array
 INPUT_CLIP = 1e4
 
 
+def is_typed_key(key) -> bool:
+    """True for a typed PRNG key (``jax.random.key``), False for a raw ``uint32`` one."""
+    return jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key)
+
+
 def host_rng(key) -> np.random.Generator:
     """A numpy generator seeded by a JAX PRNG key (typed or raw ``uint32``), or ``key`` itself if it is one.
 
@@ -41,7 +46,7 @@ def host_rng(key) -> np.random.Generator:
     """
     if isinstance(key, np.random.Generator):
         return key
-    if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+    if is_typed_key(key):
         key = jax.random.key_data(key)
     return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sbi_kit.flows.networks import host_rng
+from sbi_kit.flows.networks import host_rng, is_typed_key
 
 Array = jax.Array
 
@@ -183,15 +183,9 @@ def _weighted_loss_sum(loss, layout, flat, standardizer, batch, weights, key, in
 
 def _host_subkey(rng: np.random.Generator, like):
     """A fresh PRNG key of the same kind as ``like`` (typed or raw ``uint32``) from ``rng``, without a device op."""
-    bits = rng.integers(0, 2**32, size=np.shape(jax.random.key_data(like) if _is_typed(like) else like),
-                        dtype=np.uint32)
-    if _is_typed(like):
-        return jax.random.wrap_key_data(bits, impl=jax.random.key_impl(like))
-    return bits
-
-
-def _is_typed(key) -> bool:
-    return jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key)
+    typed = is_typed_key(like)
+    bits = rng.integers(0, 2**32, size=np.shape(jax.random.key_data(like) if typed else like), dtype=np.uint32)
+    return jax.random.wrap_key_data(bits, impl=jax.random.key_impl(like)) if typed else bits
 
 
 def _chunk_length(num_batches: int) -> int:
