@@ -18,9 +18,12 @@ Methods:
 FLOW = sbi_kit's default NPE/NLE flow, sbibm's NSF: rational-quadratic spline,
 5 coupling layers with 10 bins, residual conditioners (2 blocks of 50 units),
 an LU linear layer after each coupling (``--flow`` overrides options).
-Training: sbi_kit defaults (Adam 5e-4, batches of 200, 10% validation,
-patience 20, then two restarts from the best parameters at 1/10 the learning
-rate (``lr_decays=2``; NRE: none), at most 500 epochs).
+Training: sbi_kit's defaults, batches of 200, 10% validation, at most 500 epochs.
+NPE (and TSNPE's rounds): Adam 2e-3, validated and returned as a moving average
+of the parameters over 16 epochs, stop after 10 epochs without improvement.
+NLE: Adam 5e-4, patience 20, then two restarts from the best parameters at 1/10
+the learning rate (``lr_decays=2``). NRE: Adam 5e-4, patience 20, no restarts.
+``--fit`` overrides them.
 
 Also ``--c2st-vs-sklearn``: our JAX C2ST against sbibm's sklearn C2ST (needs
 scikit-learn) on a few sample pairs, 3 seeds each.
