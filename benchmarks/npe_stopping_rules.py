@@ -41,17 +41,14 @@ FLOW = {"kind": "spline", "num_layers": 5, "hidden": (50, 50), "num_bins": 10, "
 
 
 def stopping_epochs(val_losses, patience: int, min_delta: float) -> tuple[int, int]:
-    """``(stop epoch, returned epoch)``, 1-based, of `fit_minibatch`'s rule on a validation trace."""
-    best, best_epoch, reference, since = np.inf, 0, np.inf, 0
+    """``(stop epoch, returned epoch)``, 1-based, of `fit_minibatch`'s rule (no restarts) on a validation trace."""
+    from sbi_kit.sbi._train import patience_count
+
+    best_epoch, reference, since = int(np.nanargmin(val_losses)) + 1, np.inf, 0
     for epoch, v in enumerate(val_losses, 1):
-        if v < best:
-            best, best_epoch = v, epoch
-        if v < reference - min_delta:
-            reference, since = v, 0
-        else:
-            since += 1
-            if since >= patience:
-                return epoch, best_epoch
+        reference, since = patience_count(float(v), reference, since, min_delta)
+        if since >= patience:
+            return epoch, int(np.nanargmin(val_losses[:epoch])) + 1
     return len(val_losses), best_epoch
 
 

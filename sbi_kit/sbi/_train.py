@@ -188,6 +188,19 @@ def _host_subkey(rng: np.random.Generator, like):
     return jax.random.wrap_key_data(bits, impl=jax.random.key_impl(like)) if typed else bits
 
 
+def patience_count(value: float, reference: float, since: int, min_delta: float) -> tuple[float, int]:
+    """Early stopping's bookkeeping after an epoch with validation loss ``value``.
+
+    ``reference`` is the loss where the count last reset and ``since`` the
+    epochs counted since then; returns both updated: the count resets when
+    ``value`` is finite and below ``reference - min_delta``, else it grows by
+    one. The fit stops (or restarts) once the count reaches ``patience``.
+    """
+    if math.isfinite(value) and value < reference - min_delta:
+        return value, 0
+    return reference, since + 1
+
+
 def _chunk_length(num_batches: int) -> int:
     """Steps per compiled chunk for an epoch of ``num_batches`` minibatches.
 
@@ -370,20 +383,17 @@ def fit_minibatch(
             continue
         if math.isfinite(vl) and vl < best_val:
             best, best_val, best_epoch = current, vl, epoch
-        if math.isfinite(vl) and vl < reference - min_delta:
-            reference, since = vl, 0
-        else:
-            since += 1
-            if since >= patience:
-                if decays_left == 0:
-                    stopped = True
-                    break
-                # Plateau: go back to the best parameters and take smaller steps.
-                decays_left -= 1
-                lr_factor *= float(lr_decay_factor)
-                flat, ema, since, reference = best, best, 0, best_val
-                ema_start = steps
-                opt_state = _initial_opt_state(learning_rate, clip_norm, flat)
+        reference, since = patience_count(vl, reference, since, min_delta)
+        if since >= patience:
+            if decays_left == 0:
+                stopped = True
+                break
+            # Plateau: go back to the best parameters and take smaller steps.
+            decays_left -= 1
+            lr_factor *= float(lr_decay_factor)
+            flat, ema, since, reference = best, best, 0, best_val
+            ema_start = steps
+            opt_state = _initial_opt_state(learning_rate, clip_norm, flat)
     best_params = unflatten_params(np.asarray(best), layout)
     info = TrainInfo(np.asarray(train_losses), np.asarray(val_losses), best_epoch, len(train_losses),
                      stopped, n_train, n_val, steps)
